@@ -22,6 +22,7 @@ pkgs=(
   dpkg-deb:dpkg
   losetup:mount
   filefrag:e2fsprogs
+  cpio:cpio
 )
 files=(
   /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
