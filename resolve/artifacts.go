@@ -1,0 +1,49 @@
+package resolve
+
+// The specs of the files qcluster uses. Each takes the explicit path a caller
+// was given ("" for none). Runfile paths are those of the Bazel targets in
+// third_party/ and testos/.
+
+// QEMU is qemu-system-x86_64.
+func QEMU(explicit string) Spec {
+	return Spec{What: "QEMU (qemu-system-x86_64)", Explicit: explicit, Runfile: "qemu_system_x86/bin/qemu-system-x86_64",
+		Env: "QCLUSTER_QEMU", Commands: []string{"qemu-system-x86_64"}, Paths: []string{"/usr/libexec/qemu-kvm"},
+		Hint: "apt-get install --no-install-recommends qemu-system-x86, or make deps"}
+}
+
+// Swtpm is the swtpm binary.
+func Swtpm(explicit string) Spec {
+	return Spec{What: "swtpm", Explicit: explicit, Env: "QCLUSTER_SWTPM", Commands: []string{"swtpm"},
+		Hint: "apt-get install --no-install-recommends swtpm, or make deps"}
+}
+
+// SwtpmSetup is swtpm_setup, which manufactures a TPM's state.
+func SwtpmSetup(explicit string) Spec {
+	return Spec{What: "swtpm_setup", Explicit: explicit, Env: "QCLUSTER_SWTPM_SETUP", Commands: []string{"swtpm_setup"},
+		Hint: "apt-get install --no-install-recommends swtpm-tools, or make deps"}
+}
+
+// Image is the default OS image: the OCI layout built by `make image`.
+func Image(explicit string) Spec {
+	return Spec{What: "OS image (OCI layout)", Explicit: explicit, Runfile: "qcluster/testos/image",
+		Env: "QCLUSTER_IMAGE", Paths: []string{"out/testos"}, Hint: "run make image"}
+}
+
+// Loader is the A/B loader put on the ESP (systemd-boot).
+func Loader(explicit string) Spec {
+	return Spec{What: "loader (systemd-bootx64.efi)", Explicit: explicit, Runfile: "qcluster/testos/loader.efi",
+		Env: "QCLUSTER_LOADER", Paths: []string{"out/loader.efi", "third_party/cache/root/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+			"/usr/lib/systemd/boot/efi/systemd-bootx64.efi"}, Hint: "run make image (or apt-get install systemd-boot-efi)"}
+}
+
+// Kernel is the guest kernel (Debian's cloud kernel) for direct kernel boot.
+func Kernel(explicit string) Spec {
+	return Spec{What: "guest kernel (vmlinuz)", Explicit: explicit, Runfile: "debian_kernel/boot/vmlinuz",
+		Env: "QCLUSTER_KERNEL", Paths: []string{"third_party/cache/root/boot/vmlinuz-*-cloud-amd64"}, Hint: "run make fetch"}
+}
+
+// Modules is the guest kernel's module directory (lib/modules/<abi>).
+func Modules(explicit string) Spec {
+	return Spec{What: "guest kernel modules", Explicit: explicit, Runfile: "debian_kernel/lib/modules",
+		Env: "QCLUSTER_MODULES", Paths: []string{"third_party/cache/root/lib/modules/*-cloud-amd64"}, Hint: "run make fetch"}
+}

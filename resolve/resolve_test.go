@@ -1,0 +1,98 @@
+package resolve
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func touch(t *testing.T, p string) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestOrder(t *testing.T) {
+	dir := t.TempDir()
+	rf := filepath.Join(dir, "runfiles")
+	explicit := touch(t, filepath.Join(dir, "explicit/qemu"))
+	runfile := touch(t, filepath.Join(rf, "qemu_system_x86/bin/qemu-system-x86_64"))
+	env := touch(t, filepath.Join(dir, "env/qemu"))
+	onPath := touch(t, filepath.Join(dir, "path/qemu-system-x86_64"))
+	t.Setenv("PATH", filepath.Dir(onPath))
+	t.Setenv("RUNFILES_DIR", rf)
+	t.Setenv("RUNFILES_MANIFEST_FILE", "")
+	t.Setenv("QCLUSTER_QEMU", env)
+
+	for _, c := range []struct {
+		name  string
+		setup func()
+		spec  Spec
+		want  string
+	}{
+		{"explicit wins over runfiles", func() {}, QEMU(explicit), explicit},
+		{"runfiles before environment", func() {}, QEMU(""), runfile},
+		{"environment before PATH", func() { t.Setenv("RUNFILES_DIR", filepath.Join(dir, "none")) }, QEMU(""), env},
+		{"PATH last", func() { t.Setenv("QCLUSTER_QEMU", "") }, QEMU(""), onPath},
+	} {
+		c.setup()
+		got, err := Find(c.spec)
+		if err != nil || got != c.want {
+			t.Errorf("%s: got %q, %v; want %q", c.name, got, err, c.want)
+		}
+	}
+}
+
+func TestExplicitMissingIsAnError(t *testing.T) {
+	_, err := Find(QEMU("/nonexistent/qemu"))
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "/nonexistent/qemu given explicitly") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestNotFoundSaysWhatWasTried(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	t.Setenv("RUNFILES_DIR", "")
+	t.Setenv("QCLUSTER_SWTPM", "")
+	_, err := Find(Swtpm(""))
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("got %v", err)
+	}
+	for _, want := range []string{"swtpm on PATH", "$QCLUSTER_SWTPM", "apt-get install"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("error is not one line: %q", err)
+	}
+}
+
+func TestRepoRelativeGlobTakesTheNewest(t *testing.T) {
+	root := t.TempDir()
+	t.Setenv("QCLUSTER_ROOT", root)
+	touch(t, filepath.Join(root, "k/vmlinuz-6.1.0-9-cloud-amd64"))
+	want := touch(t, filepath.Join(root, "k/vmlinuz-6.1.0-56-cloud-amd64"))
+	got, err := Find(Spec{What: "kernel", Paths: []string{"k/vmlinuz-*"}})
+	if err != nil || got != want {
+		t.Fatalf("got %q, %v; want %q", got, err, want)
+	}
+}
+
+func TestRepoRoot(t *testing.T) {
+	t.Setenv("QCLUSTER_ROOT", "")
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "resolve/resolve.go")); err != nil {
+		t.Fatalf("root %s does not hold this package: %v", root, err)
+	}
+}
