@@ -22,6 +22,7 @@ pkgs=(
   dpkg-deb:dpkg
   losetup:mount
   filefrag:e2fsprogs
+  protoc:protobuf-compiler
   cpio:cpio
 )
 files=(
