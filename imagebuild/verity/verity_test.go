@@ -2,6 +2,7 @@ package verity
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -13,9 +14,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/qcluster/qcluster/imagebuild/erofs"
 	"github.com/qcluster/qcluster/internal/needs"
+	"github.com/qcluster/qcluster/internal/testvm"
 )
 
 var testSalt = []byte("qcluster test salt, 32 bytes....")
@@ -205,5 +210,60 @@ func BenchmarkBuild(b *testing.B) {
 		if _, err := Build(bytes.NewReader(data), int64(len(data)), io.Discard, Params{Salt: testSalt}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestGuestKernel gives the guest kernel an EROFS image with its hash tree
+// appended, twice (the second copy with one flipped data byte), and the
+// tables Line makes; the guest opens them through device-mapper ioctls,
+// mounts them and reports the payload's hash or the error.
+func TestGuestKernel(t *testing.T) {
+	needs.Short(t, "boots a VM")
+	qemu := needs.Tool(t, "qemu-system-x86_64", "qemu-system-x86")
+	payload := pattern(1<<20, 5)
+	var fsimg bytes.Buffer
+	if _, err := erofs.Write(&fsimg, []erofs.Entry{
+		{Path: "hello", Mode: 0o644, Data: erofs.Bytes("hello\n")},
+		{Path: "payload", Mode: 0o644, Data: erofs.Bytes(payload)},
+	}, erofs.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	img, tab := image(t, fsimg.Bytes(), Params{Salt: testSalt})
+	good := writeFile(t, img)
+	img[BlockSize+512<<10] ^= 1 // in the payload's data blocks
+	bad := writeFile(t, img)
+
+	g := testvm.Build(t, testvm.Options{
+		Main:    "./testdata/dmguest",
+		Modules: []string{"virtio_pci", "virtio_blk", "dm-verity", "erofs"},
+		Files: map[string][]byte{
+			"/verity/good.table": []byte(tab.Line("/dev/vda")),
+			"/verity/bad.table":  []byte(tab.Line("/dev/vdb")),
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu, "-machine", "q35", "-accel", "tcg", "-m", "512", "-nodefaults",
+		"-display", "none", "-serial", "stdio", "-no-reboot",
+		"-drive", "if=virtio,format=raw,readonly=on,file="+good,
+		"-drive", "if=virtio,format=raw,readonly=on,file="+bad,
+		"-kernel", g.Kernel, "-initrd", g.Initrd, "-append", g.Append)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu: %v\n%s", err, out)
+	}
+	t.Logf("table: %s", tab.Line("/dev/vda"))
+	for line := range strings.Lines(string(out)) {
+		if strings.HasPrefix(line, "dmguest ") {
+			t.Log(strings.TrimSpace(line))
+		}
+	}
+	want := fmt.Sprintf("dmguest good: sha256=%x", sha256.Sum256(payload))
+	if !strings.Contains(string(out), want) {
+		t.Errorf("guest did not read the payload through dm-verity (want %q):\n%s", want, out)
+	}
+	if !strings.Contains(string(out), "dmguest bad: error: read /mnt/bad/payload: input/output error") {
+		t.Errorf("guest read corrupted data without an error:\n%s", out)
 	}
 }
