@@ -157,22 +157,31 @@ func plan(o Options) (*layout, error) {
 	}
 	hdrSize := uint64(le.Uint32(stub[opt+optSizeOfHdrs:]))
 	table := opt + optSize
-	need := uint64(table + (nsec+len(secs))*sectionHdrSize)
-	if need > hdrSize || hdrSize > uint64(len(stub)) {
-		return nil, fmt.Errorf("uki: no room for %d more section headers in the stub: need %d header bytes, SizeOfHeaders is %d", len(secs), need, hdrSize)
+	if table+nsec*sectionHdrSize > len(stub) {
+		return nil, fmt.Errorf("uki: stub's section table (%d entries at %#x) runs past its end", nsec, table)
 	}
 
 	// Ends of the stub's sections, in memory and in the file.
 	vaEnd := uint64(le.Uint32(stub[opt+optSizeOfImage:]))
-	rawEnd := uint64(len(stub))
+	rawEnd := uint64(len(stub)) // section data lies within the stub
 	for i := range nsec {
 		s := stub[table+i*sectionHdrSize:]
+		name := string(bytes.TrimRight(s[:8], "\x00"))
+		for _, n := range secs {
+			if n.name == name {
+				return nil, fmt.Errorf("uki: stub already has a %s section (is it a UKI already?)", name)
+			}
+		}
 		vsize, va := uint64(le.Uint32(s[8:])), uint64(le.Uint32(s[12:]))
 		rsize, rptr := uint64(le.Uint32(s[16:])), uint64(le.Uint32(s[20:]))
 		vaEnd = max(vaEnd, va+max(vsize, rsize))
-		if rsize > 0 {
-			rawEnd = max(rawEnd, rptr+rsize)
+		if rptr+rsize > uint64(len(stub)) {
+			return nil, fmt.Errorf("uki: stub's section %s (raw data %#x+%#x) runs past its end (%d bytes)", name, rptr, rsize, len(stub))
 		}
+	}
+	need := uint64(table + (nsec+len(secs))*sectionHdrSize)
+	if need > hdrSize || hdrSize > uint64(len(stub)) {
+		return nil, fmt.Errorf("uki: no room for %d more section headers in the stub: need %d header bytes, SizeOfHeaders is %d", len(secs), need, hdrSize)
 	}
 	va, raw := alignUp(vaEnd, sectAl), alignUp(rawEnd, fileAl)
 	l := &layout{

@@ -250,6 +250,7 @@ func TestErrors(t *testing.T) {
 		{"signed", func(o *Options) {
 			o.Stub = edit(func(b []byte) { le.PutUint32(b[opt+112+8*4+4:], 0x100) })
 		}, "stub is signed"},
+		{"already a UKI", func(o *Options) { o.Stub = build(t, good) }, "stub already has a .osrel section"},
 		{"short blob", func(o *Options) { o.Initrd = shortBlob{} }, "got 3 bytes, Size says 10"},
 		{"changing blob", func(o *Options) { o.Initrd = &changing{} }, "contents changed"},
 	} {
