@@ -275,6 +275,20 @@ func TestCommitReplacesLayout(t *testing.T) {
 	}
 }
 
+func TestCommitIntoEmptyDirectory(t *testing.T) {
+	parent := t.TempDir()
+	if err := os.Mkdir(filepath.Join(parent, "layout"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tl := writeTestLayout(t, parent)
+	if _, err := Open(tl.dir); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(parent); len(ents) != 1 {
+		t.Errorf("parent holds %d entries, want 1", len(ents))
+	}
+}
+
 func TestCreateRefusesOtherDirectory(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "precious"), []byte("x"), 0o644); err != nil {

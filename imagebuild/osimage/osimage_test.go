@@ -222,6 +222,9 @@ func TestWriteBadInputLeavesNothing(t *testing.T) {
 		{"bad name", testInfo, []PayloadSource{{Name: "../a", Path: src}}, `character '/'`},
 		{"no product id", noID, nil, "product_info.id is empty"},
 		{"directory payload", testInfo, []PayloadSource{{Name: "a", Path: filepath.Dir(src)}}, "not a regular file"},
+		// A regular file that fails to read: the error comes mid-write, after
+		// payload "a" was placed in the temporary directory.
+		{"read error", testInfo, []PayloadSource{{Name: "a", Path: src}, {Name: "b", Path: "/proc/self/mem"}}, `payload "b"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			parent := t.TempDir()

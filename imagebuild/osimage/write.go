@@ -48,6 +48,11 @@ type Placement struct {
 // and renamed into place; on error nothing is left. An existing OCI layout at
 // dir is replaced; any other existing non-empty dir is refused. Payloads are
 // hashed in chunks of DefaultHashChunkSize. Same inputs give the same bytes.
+//
+// A hard-linked payload (same file system, no reflink) is the source file
+// itself: rewriting the source in place afterwards changes the image, which
+// verified reads detect and unverified ones do not. Build payloads into new
+// files (write + rename), or use a reflink file system.
 func Write(dir string, info ProductInfo, payloads []PayloadSource) error {
 	_, err := WriteReport(dir, info, payloads)
 	return err
