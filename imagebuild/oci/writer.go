@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -230,10 +231,6 @@ func (w *Writer) placeFile(path, mediaType string, also io.Writer) (ispec.Descri
 	}
 	tmp := w.tempName()
 	h := sha256.New()
-	sink := io.Writer(h)
-	if also != nil {
-		sink = io.MultiWriter(h, also)
-	}
 	var n int64
 	var method Method
 	for _, m := range w.methods {
@@ -243,7 +240,7 @@ func (w *Writer) placeFile(path, mediaType string, also io.Writer) (ispec.Descri
 		case MethodHardlink:
 			err = os.Link(path, tmp)
 		case MethodCopy:
-			n, err = copyFile(src, tmp, sink)
+			n, err = copyFile(src, tmp, h, also)
 		}
 		if err == nil {
 			method = m
@@ -258,7 +255,7 @@ func (w *Writer) placeFile(path, mediaType string, also io.Writer) (ispec.Descri
 		return ispec.Descriptor{}, "", fmt.Errorf("no placement method worked (tried %v)", w.methods)
 	}
 	if method != MethodCopy {
-		if n, err = hashFile(tmp, sink); err != nil {
+		if n, err = hashFile(tmp, h, also); err != nil {
 			os.Remove(tmp)
 			return ispec.Descriptor{}, "", err
 		}
@@ -272,13 +269,13 @@ func (w *Writer) placeFile(path, mediaType string, also io.Writer) (ispec.Descri
 }
 
 // copyFile copies src (from its current offset, which is 0) to a new file dst,
-// feeding sink as well, and syncs dst.
-func copyFile(src *os.File, dst string, sink io.Writer) (int64, error) {
+// feeding h and also as well, and syncs dst.
+func copyFile(src *os.File, dst string, h hash.Hash, also io.Writer) (int64, error) {
 	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return 0, err
 	}
-	n, err := io.Copy(io.MultiWriter(f, sink), src)
+	n, err := pump(src, io.MultiWriter(f, h), also)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -288,14 +285,70 @@ func copyFile(src *os.File, dst string, sink io.Writer) (int64, error) {
 	return n, err
 }
 
-// hashFile streams the file at path into sink.
-func hashFile(path string, sink io.Writer) (int64, error) {
+// hashFile streams the file at path into h and also.
+func hashFile(path string, h hash.Hash, also io.Writer) (int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	return io.Copy(sink, f)
+	return pump(f, h, also)
+}
+
+// pumpBlock is the read size of pump; pumpBuffers blocks are in flight.
+const (
+	pumpBlock   = 1 << 20
+	pumpBuffers = 4
+)
+
+// pump copies r to w and, when also is not nil, to also on a second
+// goroutine, so that two hashes of one stream use two cores. Blocks reach
+// also in order; w and also each see every byte.
+func pump(r io.Reader, w io.Writer, also io.Writer) (int64, error) {
+	if also == nil {
+		return io.CopyBuffer(w, r, make([]byte, pumpBlock))
+	}
+	free := make(chan []byte, pumpBuffers)
+	for range pumpBuffers {
+		free <- make([]byte, pumpBlock)
+	}
+	work := make(chan []byte, pumpBuffers)
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for b := range work {
+			if err == nil {
+				_, err = also.Write(b)
+			}
+			free <- b[:cap(b)]
+		}
+		done <- err
+	}()
+	var total int64
+	var err error
+	for {
+		b := <-free
+		n, rerr := io.ReadFull(r, b)
+		if n > 0 {
+			if _, werr := w.Write(b[:n]); werr != nil {
+				err = werr
+			}
+			total += int64(n)
+			work <- b[:n]
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil || err != nil {
+			err = cmp.Or(err, rerr)
+			break
+		}
+	}
+	close(work)
+	if aerr := <-done; err == nil {
+		err = aerr
+	}
+	return total, err
 }
 
 // Commit writes the manifest m (schemaVersion and mediaType filled in when
