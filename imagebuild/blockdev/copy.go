@@ -130,3 +130,42 @@ func readWrite(dst io.WriterAt, off int64, src io.Reader, n int64) error {
 	}
 	return nil
 }
+
+// Blob is content of a known size, readable from its start.
+type Blob interface {
+	// Open returns a reader positioned at the first byte. An *os.File lets
+	// CopyBlob use the fast paths.
+	Open() (io.ReadCloser, error)
+	// Size is the content's length in bytes.
+	Size() int64
+}
+
+// CopyBlob copies all of b into dst at off with Copy, then makes sure b ends
+// there: content longer than Size is an error, and a reader that checks
+// what it read when it reaches its end (a verifying reader) gets to do so.
+func CopyBlob(dst BlockDev, off int64, b Blob) (m Method, err error) {
+	rc, err := b.Open()
+	if err != nil {
+		return MethodNone, err
+	}
+	defer func() {
+		if cerr := rc.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	if m, err = Copy(dst, off, rc, b.Size()); err != nil {
+		return m, err
+	}
+	var one [1]byte
+	for {
+		n, err := rc.Read(one[:])
+		switch {
+		case n > 0:
+			return m, fmt.Errorf("content is longer than its declared %d bytes", b.Size())
+		case errors.Is(err, io.EOF):
+			return m, nil
+		case err != nil:
+			return m, err
+		}
+	}
+}
