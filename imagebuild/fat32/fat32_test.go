@@ -163,9 +163,9 @@ func TestTools(t *testing.T) {
 func TestFsckNoticesDamage(t *testing.T) {
 	files, _ := espFiles(t)
 	for name, damage := range map[string]func(l *Layout, b []byte){
-		"FSInfo free count": func(l *Layout, b []byte) { b[sectorSize+488]++ },
+		"FSInfo free count":  func(l *Layout, b []byte) { b[sectorSize+488]++ },
 		"backup boot sector": func(l *Layout, b []byte) { b[backupBoot*sectorSize+67]++ },
-		"second FAT":        func(l *Layout, b []byte) { b[(reserved+l.fatSectors)*sectorSize+12]++ },
+		"second FAT":         func(l *Layout, b []byte) { b[(reserved+l.fatSectors)*sectorSize+12]++ },
 		"LFN checksum": func(l *Layout, b []byte) {
 			root := b[l.dataStart():]
 			for i := 0; ; i += entrySize {
