@@ -368,8 +368,10 @@ func (p *Plan) Write(ctx context.Context, path string) (st *Stats, err error) {
 // bytesBlob is a Blob in memory.
 type bytesBlob string
 
-func (b bytesBlob) Open() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(b))), nil }
-func (b bytesBlob) Size() int64                  { return int64(len(b)) }
+func (b bytesBlob) Open() (io.ReadCloser, error) {
+	return io.NopCloser(strings.NewReader(string(b))), nil
+}
+func (b bytesBlob) Size() int64 { return int64(len(b)) }
 
 // ctxBlob makes the read/write path of a copy stop when ctx is done; files
 // pass through untouched so that the fast paths still apply.
