@@ -1,0 +1,375 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kballard/go-shellquote"
+
+	"github.com/qcluster/qcluster/internal/needs"
+	"github.com/qcluster/qcluster/internal/testvm"
+)
+
+var markerRE = regexp.MustCompile(`^qemu-marker: ready`)
+
+// needQEMU skips (or in CI fails) without QEMU.
+func needQEMU(t *testing.T) {
+	t.Helper()
+	needs.Tool(t, "qemu-system-x86_64", "qemu-system-x86")
+}
+
+// testLogger sends the VM's log to the test's.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// startVM starts m under TCG with its directory in t's temp dir and closes it
+// at the end of the test.
+func startVM(t *testing.T, m Machine, opts Options) *VM {
+	t.Helper()
+	m.Accel = AccelTCG
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	opts.Logger = testLogger(t)
+	v, err := New(m, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := v.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := v.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return v
+}
+
+// TestBoot boots the marker guest by direct kernel boot, sees its marker on
+// the console and on the interactive console socket, resets it in place (a
+// RESET event, a second boot) and powers it off through the ACPI power button.
+func TestBoot(t *testing.T) {
+	needs.Short(t, "boots a VM under TCG")
+	needQEMU(t)
+	g := testvm.Build(t, testvm.Options{Main: "./testdata/marker", Modules: []string{"button", "evdev"}})
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "console.sock")
+	v := startVM(t, Machine{Name: "marker", Kernel: &KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Append: g.Append},
+		Reboot: true, Paused: true}, Options{Dir: dir, ConsoleSocket: sock})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	// An interactive client, connected before the guest runs.
+	client, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	clientSaw := make(chan error, 1)
+	go func() {
+		s := bufio.NewScanner(client)
+		for s.Scan() {
+			if markerRE.MatchString(strings.TrimRight(s.Text(), "\r")) {
+				clientSaw <- nil
+				return
+			}
+		}
+		clientSaw <- fmt.Errorf("console socket ended without the marker: %v", s.Err())
+	}()
+
+	if err := v.QMP().Cont(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cont := time.Now()
+	if _, err := v.Console().WaitFor(ctx, markerRE); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("QEMU exec → marker: %v (cont → marker: %v, accel %s)", time.Since(v.StartedAt()).Round(time.Millisecond),
+		time.Since(cont).Round(time.Millisecond), v.Accel())
+	if err := <-clientSaw; err != nil {
+		t.Fatal(err)
+	}
+	if s, err := v.QMP().QueryStatus(ctx); err != nil || !s.Running || s.Status != "running" {
+		t.Fatalf("query-status = %+v, %v; want running", s, err)
+	}
+
+	// Reset in place: a RESET event from the host, then a second boot.
+	events, unsubscribe := v.QMP().Subscribe()
+	defer unsubscribe()
+	from := v.Console().Cursor()
+	if err := v.QMP().SystemReset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(ctx, t, events, "RESET", "host-qmp-system-reset")
+	if _, err := v.Console().WaitForFrom(ctx, from, markerRE); err != nil {
+		t.Fatal(err)
+	}
+
+	// The power button: the guest powers off, QEMU exits.
+	if err := v.QMP().SystemPowerdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := v.Wait()
+	if err != nil || exit.Kind != ExitPoweredOff || exit.Reason != "guest-shutdown" {
+		t.Fatalf("Wait = %v, %v; want powered off (guest-shutdown)", exit, err)
+	}
+	if _, err := v.Console().WaitFor(ctx, regexp.MustCompile(`pressed, powering off`)); err != nil {
+		t.Fatal(err)
+	}
+
+	log, err := os.ReadFile(v.Console().LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(log), "qemu-marker: ready"); n != 2 {
+		t.Errorf("console log has the marker %d times, want 2 (two boots)", n)
+	}
+	script, err := os.ReadFile(filepath.Join(dir, "qemu.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(script)), "\n")
+	words, err := shellquote.Split(lines[len(lines)-1])
+	if err != nil || words[0] != v.Argv()[0] || !strings.Contains(lines[len(lines)-1], "-append '"+g.Append+"'") {
+		t.Errorf("qemu.sh's command line %q (%v) is not a shell line of %s with -append", lines[len(lines)-1], err, v.Argv()[0])
+	}
+}
+
+func waitEvent(ctx context.Context, t *testing.T, events <-chan Event, name, reason string) {
+	t.Helper()
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatalf("qmp closed before %s event", name)
+			}
+			var d struct{ Reason string }
+			_ = json.Unmarshal(ev.Data, &d)
+			if ev.Name == name && d.Reason == reason {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatalf("no %s event (%s): %v", name, reason, ctx.Err())
+		}
+	}
+}
+
+// pausedMachine is a machine that never runs a guest: enough for QEMU's
+// process lifecycle.
+func pausedMachine(name string) Machine {
+	return Machine{Name: name, MemoryMiB: 64, NoRNG: true, Paused: true}
+}
+
+// TestResetExitsUnderNoReboot: by default a reset ends QEMU and is
+// classified as such; a WaitFor pending at that time returns at once.
+func TestResetExitsUnderNoReboot(t *testing.T) {
+	needQEMU(t)
+	v := startVM(t, pausedMachine("reset"), Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	waitErr := make(chan error, 1)
+	go func() {
+		_, err := v.Console().WaitFor(ctx, regexp.MustCompile("never printed"))
+		waitErr <- err
+	}()
+	if err := v.QMP().SystemReset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := v.Wait()
+	if err != nil || exit.Kind != ExitReset || exit.Reason != "host-qmp-system-reset" || exit.Status != 0 {
+		t.Fatalf("Wait = %+v, %v; want reset requested (host-qmp-system-reset)", exit, err)
+	}
+	err = <-waitErr
+	var ce *ConsoleError
+	if !errors.Is(err, ErrExited) || !errors.As(err, &ce) || ce.Exit == nil || ce.Exit.Kind != ExitReset ||
+		!strings.Contains(err.Error(), ce.Log) {
+		t.Fatalf("WaitFor = %v; want a ConsoleError wrapping ErrExited with the exit and the log path", err)
+	}
+	t.Logf("WaitFor's error: %v", err)
+	// Wait again, concurrently: the same answer.
+	again := make(chan Exit, 2)
+	for range 2 {
+		go func() { e, _ := v.Wait(); again <- e }()
+	}
+	for range 2 {
+		if e := <-again; e.Kind != exit.Kind || e.Reason != exit.Reason {
+			t.Errorf("second Wait = %v, want %v", e, exit)
+		}
+	}
+	if _, err := v.QMP().QueryStatus(ctx); !errors.Is(err, ErrQMPClosed) {
+		t.Errorf("query-status after exit: %v, want ErrQMPClosed", err)
+	}
+}
+
+// TestCloseQuits: Close ends a running QEMU through QMP quit.
+func TestCloseQuits(t *testing.T) {
+	needQEMU(t)
+	v := startVM(t, pausedMachine("close"), Options{})
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if exit, err := v.Wait(); err != nil || exit.Kind != ExitQuit || exit.Reason != "host-qmp-quit" {
+		t.Fatalf("Wait = %v, %v; want quit (host-qmp-quit)", exit, err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// TestKilled: a QEMU killed by a signal is classified as killed, with an error.
+func TestKilled(t *testing.T) {
+	needQEMU(t)
+	v := startVM(t, pausedMachine("killed"), Options{})
+	if err := syscall.Kill(v.PID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := v.Wait()
+	var ee *ExitError
+	if exit.Kind != ExitKilled || exit.Signal != syscall.SIGKILL || !errors.As(err, &ee) {
+		t.Fatalf("Wait = %v, %v; want killed by SIGKILL with an *ExitError", exit, err)
+	}
+}
+
+// TestBadArgument: QEMU refusing its command line makes Start fail with
+// QEMU's own message and the argv, and leaves no process behind.
+func TestBadArgument(t *testing.T) {
+	needQEMU(t)
+	m := pausedMachine("bad")
+	m.Accel = AccelTCG
+	m.ExtraArgs = []string{"-no-such-option"}
+	v, err := New(m, Options{Dir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = v.Start(context.Background())
+	if err == nil {
+		v.Close()
+		t.Fatal("Start succeeded")
+	}
+	t.Logf("Start: %v", err)
+	for _, want := range []string{"exit status 1", "-no-such-option: invalid option", "argv: ", "-nodefaults"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Start's error lacks %q", want)
+		}
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("Start's error is not one line")
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", v.PID())); err == nil {
+		t.Errorf("qemu pid %d still exists", v.PID())
+	}
+	if err := v.Start(context.Background()); err == nil {
+		t.Errorf("second Start succeeded")
+	}
+	if err := v.Close(); err != nil {
+		t.Errorf("Close after a failed Start: %v", err)
+	}
+}
+
+// TestParentDeathKillsQEMU starts QEMU from a helper process (this test
+// binary again), kills the helper with SIGKILL and watches QEMU go.
+func TestParentDeathKillsQEMU(t *testing.T) {
+	needQEMU(t)
+	helper := exec.Command(os.Args[0], "-test.run=^TestHelperParent$", "-test.v")
+	helper.Env = append(os.Environ(), "QEMU_TEST_HELPER_DIR="+t.TempDir())
+	helper.Stderr = testWriter{t}
+	out, err := helper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer helper.Process.Kill()
+	pid := 0
+	s := bufio.NewScanner(out)
+	for s.Scan() {
+		if p, ok := strings.CutPrefix(s.Text(), "qemu-pid: "); ok {
+			pid, _ = strconv.Atoi(p)
+			break
+		}
+	}
+	if pid == 0 {
+		t.Fatalf("helper gave no qemu pid: %v", s.Err())
+	}
+	go io.Copy(io.Discard, out)
+	if !alive(pid) {
+		t.Fatalf("qemu %d not running before its parent is killed", pid)
+	}
+	if err := helper.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	helper.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for alive(pid) {
+		select {
+		case <-ctx.Done():
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("qemu %d outlived its parent", pid)
+		case <-tick.C:
+		}
+	}
+}
+
+// alive reports whether pid runs (a zombie does not count: it is dead and
+// waits for a reaper).
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: comm may hold spaces, the state follows the last ')'.
+	i := strings.LastIndexByte(string(stat), ')')
+	return i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z'
+}
+
+// TestHelperParent is the helper process of TestParentDeathKillsQEMU; it
+// does nothing in a normal run. It starts QEMU, prints its pid and waits to
+// be killed.
+func TestHelperParent(t *testing.T) {
+	dir := os.Getenv("QEMU_TEST_HELPER_DIR")
+	if dir == "" {
+		t.Skip("helper process only")
+	}
+	m := pausedMachine("orphan")
+	m.Accel = AccelTCG
+	v, err := New(m, Options{Dir: dir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("qemu-pid: %d\n", v.PID())
+	v.Wait()
+	t.Fatal("qemu exited while its parent lived")
+}
