@@ -52,6 +52,22 @@ type waiter struct {
 	match chan string // buffered 1
 }
 
+// newConsole starts reading serial into log (and serving ln, if not nil).
+// exited and exit are the VM's: WaitFor reports how QEMU ended.
+func newConsole(name string, serial net.Conn, log *os.File, ln net.Listener, lines int,
+	exited <-chan struct{}, exit func() Exit, logger *slog.Logger) *Console {
+	c := &Console{name: name, logPath: log.Name(), serial: serial, exited: exited, exit: exit,
+		ended: make(chan struct{}), ring: newLineRing(lines), ln: ln,
+		waiters: map[*waiter]struct{}{}, clients: map[chan []byte]struct{}{}, conns: map[net.Conn]struct{}{}}
+	c.wg.Add(1)
+	go c.read(log, logger)
+	if ln != nil {
+		c.wg.Add(1)
+		go c.serve(ln, logger)
+	}
+	return c
+}
+
 // LogPath is the file that holds the console's output, one sanitized line at
 // a time, appended across restarts of the machine.
 func (c *Console) LogPath() string { return c.logPath }

@@ -132,8 +132,9 @@ type VM struct {
 	opts   Options
 	logger *slog.Logger
 
-	startOnce sync.Once
-	started   bool
+	stateMu   sync.Mutex
+	state     vmState
+	startDone chan struct{} // closed when Start has returned
 	argv      []string
 	cmd       *exec.Cmd
 	execAt    time.Time
@@ -175,7 +176,7 @@ func New(m Machine, opts Options) (*VM, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &VM{m: m, opts: opts, logger: logger.With("machine", m.Name), exited: make(chan struct{})}, nil
+	return &VM{m: m, opts: opts, logger: logger.With("machine", m.Name), exited: make(chan struct{}), startDone: make(chan struct{})}, nil
 }
 
 // Start starts QEMU. ctx bounds the start-up only (finding files, exec, the
@@ -190,8 +191,53 @@ func New(m Machine, opts Options) (*VM, error) {
 // lives exactly as long as the child, and dies with the supervisor.
 func (v *VM) Start(ctx context.Context) error {
 	err := fmt.Errorf("start machine %s: already started", v.m.Name)
-	v.startOnce.Do(func() { err = v.start(ctx) })
+	v.stateMu.Lock()
+	if v.state != vmNew {
+		v.stateMu.Unlock()
+		return err
+	}
+	v.state = vmStarting
+	v.stateMu.Unlock()
+	err = v.start(ctx)
+	v.stateMu.Lock()
+	v.state = vmStarted
+	if err != nil {
+		v.state = vmFailed
+	}
+	v.stateMu.Unlock()
+	close(v.startDone)
 	return err
+}
+
+type vmState int
+
+const (
+	vmNew vmState = iota
+	vmStarting
+	vmStarted
+	vmFailed // Start failed; it cleaned up
+	vmClosed // closed before Start
+)
+
+// settled waits for a Start in progress and reports whether QEMU was
+// started; closing makes a VM that was never started unstartable.
+func (v *VM) settled(closing bool) bool {
+	v.stateMu.Lock()
+	s := v.state
+	if s == vmNew && closing {
+		v.state = vmClosed
+	}
+	v.stateMu.Unlock()
+	switch s {
+	case vmNew, vmClosed:
+		return false
+	case vmStarting:
+		<-v.startDone
+		v.stateMu.Lock()
+		defer v.stateMu.Unlock()
+		return v.state == vmStarted
+	}
+	return s == vmStarted
 }
 
 func (v *VM) start(ctx context.Context) (err error) {
@@ -239,26 +285,17 @@ func (v *VM) start(ctx context.Context) (err error) {
 		return wrap("console log", err)
 	}
 	undo = append(undo, func() { log.Close() })
-	c := &Console{name: v.m.Name, logPath: logPath, serial: serialOurs, exited: v.exited,
-		exit: func() Exit { return v.exit }, ended: make(chan struct{}), ring: newLineRing(v.opts.ConsoleLines),
-		waiters: map[*waiter]struct{}{}, clients: map[chan []byte]struct{}{}, conns: map[net.Conn]struct{}{}}
+	var ln net.Listener
 	if v.opts.ConsoleSocket != "" {
-		ln, err := net.Listen("unix", v.opts.ConsoleSocket)
-		if err != nil {
+		if ln, err = net.Listen("unix", v.opts.ConsoleSocket); err != nil {
 			return wrap("console socket", err)
 		}
 		undo = append(undo, func() { ln.Close() })
-		c.ln = ln
 	}
 	// The readers start now and end when their sockets do: with QEMU, or
 	// with the undo below if it never runs.
+	c := newConsole(v.m.Name, serialOurs, log, ln, v.opts.ConsoleLines, v.exited, func() Exit { return v.exit }, v.logger)
 	v.console, v.qmp = c, newQMP(qmpOurs, v.onEvent)
-	c.wg.Add(1)
-	go c.read(log, v.logger)
-	if c.ln != nil {
-		c.wg.Add(1)
-		go c.serve(c.ln, v.logger)
-	}
 	undo = append(undo, func() {
 		serialOurs.Close()
 		qmpOurs.Close()
@@ -314,7 +351,6 @@ func (v *VM) start(ctx context.Context) (err error) {
 			return v.startupError(err)
 		}
 	}
-	v.started = true
 	v.logger.Info("qemu: started", "pid", cmd.Process.Pid, "accel", string(v.accel))
 	return nil
 }
@@ -430,10 +466,10 @@ func (v *VM) finish(waitErr error) {
 
 // Wait waits for QEMU to exit and returns how. The error is an *ExitError
 // for ExitCrashed and ExitKilled, nil otherwise. Every caller, concurrent or
-// later, gets the same answer. Before a successful Start it returns at once
-// with an error.
+// later, gets the same answer. Without a successful Start it returns at
+// once with an error (it waits for a Start in progress).
 func (v *VM) Wait() (Exit, error) {
-	if !v.isStarted() {
+	if !v.settled(false) {
 		return Exit{}, fmt.Errorf("wait for machine %s: not started", v.m.Name)
 	}
 	<-v.exited
@@ -441,11 +477,6 @@ func (v *VM) Wait() (Exit, error) {
 		return v.exit, &ExitError{Machine: v.m.Name, Exit: v.exit, Argv: v.argv}
 	}
 	return v.exit, nil
-}
-
-func (v *VM) isStarted() bool {
-	v.startOnce.Do(func() {}) // orders with a concurrent Start
-	return v.started
 }
 
 // Exited is closed once QEMU has exited and its output has been read.
@@ -485,7 +516,7 @@ func (v *VM) Close() error {
 }
 
 func (v *VM) close() error {
-	if !v.isStarted() {
+	if !v.settled(true) {
 		return nil
 	}
 	var err error

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -71,17 +72,22 @@ func startVM(t *testing.T, m Machine, opts Options) *VM {
 	return v
 }
 
-// TestBoot boots the marker guest by direct kernel boot, sees its marker on
-// the console and on the interactive console socket, resets it in place (a
-// RESET event, a second boot) and powers it off through the ACPI power button.
-func TestBoot(t *testing.T) {
+// markerGuest builds the marker guest.
+func markerGuest(t *testing.T) *KernelBoot {
 	needs.Short(t, "boots a VM under TCG")
 	needQEMU(t)
 	g := testvm.Build(t, testvm.Options{Main: "./testdata/marker", Modules: []string{"button", "evdev"}})
+	return &KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Append: g.Append}
+}
+
+// TestBoot boots the marker guest by direct kernel boot, sees its marker on
+// the console and on the interactive console socket, and powers it off
+// through the ACPI power button.
+func TestBoot(t *testing.T) {
+	k := markerGuest(t)
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "console.sock")
-	v := startVM(t, Machine{Name: "marker", Kernel: &KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Append: g.Append},
-		Reboot: true, Paused: true}, Options{Dir: dir, ConsoleSocket: sock})
+	v := startVM(t, Machine{Name: "marker", Kernel: k, Paused: true}, Options{Dir: dir, ConsoleSocket: sock})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -119,18 +125,6 @@ func TestBoot(t *testing.T) {
 		t.Fatalf("query-status = %+v, %v; want running", s, err)
 	}
 
-	// Reset in place: a RESET event from the host, then a second boot.
-	events, unsubscribe := v.QMP().Subscribe()
-	defer unsubscribe()
-	from := v.Console().Cursor()
-	if err := v.QMP().SystemReset(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitEvent(ctx, t, events, "RESET", "host-qmp-system-reset")
-	if _, err := v.Console().WaitForFrom(ctx, from, markerRE); err != nil {
-		t.Fatal(err)
-	}
-
 	// The power button: the guest powers off, QEMU exits.
 	if err := v.QMP().SystemPowerdown(ctx); err != nil {
 		t.Fatal(err)
@@ -142,13 +136,9 @@ func TestBoot(t *testing.T) {
 	if _, err := v.Console().WaitFor(ctx, regexp.MustCompile(`pressed, powering off`)); err != nil {
 		t.Fatal(err)
 	}
-
 	log, err := os.ReadFile(v.Console().LogPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := strings.Count(string(log), "qemu-marker: ready"); n != 2 {
-		t.Errorf("console log has the marker %d times, want 2 (two boots)", n)
+	if err != nil || !strings.Contains(string(log), "qemu-marker: ready") {
+		t.Errorf("console log lacks the marker (%v)", err)
 	}
 	script, err := os.ReadFile(filepath.Join(dir, "qemu.sh"))
 	if err != nil {
@@ -156,8 +146,76 @@ func TestBoot(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(string(script)), "\n")
 	words, err := shellquote.Split(lines[len(lines)-1])
-	if err != nil || words[0] != v.Argv()[0] || !strings.Contains(lines[len(lines)-1], "-append '"+g.Append+"'") {
+	if err != nil || words[0] != v.Argv()[0] || !strings.Contains(lines[len(lines)-1], "-append '"+k.Append+"'") {
 		t.Errorf("qemu.sh's command line %q (%v) is not a shell line of %s with -append", lines[len(lines)-1], err, v.Argv()[0])
+	}
+}
+
+// TestGuestReboot: a guest that reboots (here: told so on its interactive
+// console) ends QEMU under -no-reboot, classified as a reset.
+func TestGuestReboot(t *testing.T) {
+	k := markerGuest(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "console.sock")
+	v := startVM(t, Machine{Name: "reboot", Kernel: k}, Options{Dir: dir, ConsoleSocket: sock})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := v.Console().WaitFor(ctx, markerRE); err != nil {
+		t.Fatal(err)
+	}
+	client, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := io.WriteString(client, "reboot\n"); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := v.Wait()
+	if err != nil || exit.Kind != ExitReset || exit.Reason != "guest-reset" {
+		t.Fatalf("Wait = %v, %v; want reset requested (guest-reset)", exit, err)
+	}
+	if _, err := v.Console().WaitFor(ctx, regexp.MustCompile(`^qemu-marker: rebooting`)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestResetInPlace: with Machine.Reboot a reset keeps QEMU and shows as a
+// RESET event. Also the QMP commands not used elsewhere.
+func TestResetInPlace(t *testing.T) {
+	needQEMU(t)
+	m := pausedMachine("inplace")
+	m.Reboot = true
+	v := startVM(t, m, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	events, unsubscribe := v.QMP().Subscribe()
+	defer unsubscribe()
+	if err := v.QMP().SystemReset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(ctx, t, events, "RESET", "host-qmp-system-reset")
+	if s, err := v.QMP().QueryStatus(ctx); err != nil || s.Status != "prelaunch" {
+		t.Errorf("query-status after the reset = %+v, %v; want prelaunch", s, err)
+	}
+	// Cont and Stop (the guest is QEMU's BIOS with nothing to boot).
+	if err := v.QMP().Cont(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.QMP().Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := v.QMP().QueryStatus(ctx); err != nil || s.Running || s.Status != "paused" {
+		t.Errorf("query-status after stop = %+v, %v; want paused", s, err)
+	}
+	var qerr *QMPError
+	if err := v.QMP().Execute(ctx, "no-such-command", nil, nil); !errors.As(err, &qerr) || qerr.Class != "CommandNotFound" {
+		t.Errorf("unknown command: %v, want a QMPError of class CommandNotFound", err)
+	}
+	select {
+	case <-v.Exited():
+		t.Errorf("qemu exited after a reset in place")
+	default:
 	}
 }
 
@@ -242,10 +300,41 @@ func TestCloseQuits(t *testing.T) {
 	}
 }
 
-// TestKilled: a QEMU killed by a signal is classified as killed, with an error.
+// TestNotStarted: Wait and Close on a VM that never started, which Close
+// makes unstartable.
+func TestNotStarted(t *testing.T) {
+	v, err := New(pausedMachine("idle"), Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Wait(); err == nil {
+		t.Errorf("Wait before Start: no error")
+	}
+	if err := v.Close(); err != nil {
+		t.Errorf("Close before Start: %v", err)
+	}
+	if err := v.Start(context.Background()); err == nil {
+		t.Errorf("Start after Close: no error")
+	}
+}
+
+// TestKilled: a QEMU killed by a signal is classified as killed, with an
+// error. (A Wait before Start does not prevent the Start.)
 func TestKilled(t *testing.T) {
 	needQEMU(t)
-	v := startVM(t, pausedMachine("killed"), Options{})
+	m := pausedMachine("killed")
+	m.Accel = AccelTCG
+	v, err := New(m, Options{Dir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Wait(); err == nil {
+		t.Errorf("Wait before Start: no error")
+	}
+	if err := v.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
 	if err := syscall.Kill(v.PID(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -372,4 +461,172 @@ func TestHelperParent(t *testing.T) {
 	fmt.Printf("qemu-pid: %d\n", v.PID())
 	v.Wait()
 	t.Fatal("qemu exited while its parent lived")
+}
+
+// TestEveryDevice starts (paused) a machine with every kind of device the
+// description offers, against real OVMF, swtpm and sockets, and checks
+// through the extra QMP socket that QEMU built them.
+func TestEveryDevice(t *testing.T) {
+	needQEMU(t)
+	swtpm := needs.Tool(t, "swtpm", "swtpm")
+	ovmf, err := FindOVMF(FirmwareQuery{})
+	if err != nil {
+		needs.File(t, "/usr/share/OVMF/OVMF_CODE_4M.fd", err.Error())
+	}
+	dir := t.TempDir()
+	vars := filepath.Join(dir, "vars.fd")
+	if _, err := PrepareVars(ovmf.VarsTemplate, vars); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"disk.raw", "system.raw"} {
+		if err := os.WriteFile(filepath.Join(dir, f), make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	params := filepath.Join(dir, "params.json")
+	if err := os.WriteFile(params, []byte(`{"name":"node0"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// swtpm on a control socket we listen on, so it is ready before QEMU.
+	tpmLn, err := net.Listen("unix", filepath.Join(dir, "tpm.ctrl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpmFile, err := tpmLn.(*net.UnixListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "tpm"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tpm := exec.Command(swtpm, "socket", "--tpm2", "--tpmstate", "dir="+filepath.Join(dir, "tpm"),
+		"--ctrl", "type=unixio,fd=3", "--flags", "startup-clear")
+	tpm.ExtraFiles = []*os.File{tpmFile}
+	tpm.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	tpm.Stderr = testWriter{t}
+	if err := tpm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tpmFile.Close()
+	t.Cleanup(func() { tpm.Process.Kill(); tpm.Wait(); tpmLn.Close() })
+
+	// A switch port on a UNIX socket, and one on a socketpair.
+	switchLn, err := net.Listen("unix", filepath.Join(dir, "switch.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer switchLn.Close()
+	portOurs, portTheirs, err := socketpair("port")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer portOurs.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostPort := free.Addr().(*net.TCPAddr).AddrPort()
+	free.Close()
+
+	m := Machine{
+		Name:     "every",
+		CPUs:     2,
+		Firmware: ovmf.Firmware(vars),
+		Disks:    []Disk{{Path: filepath.Join(dir, "disk.raw")}, {Path: filepath.Join(dir, "system.raw"), ReadOnly: true}},
+		NICs: []NIC{
+			{Stream: filepath.Join(dir, "switch.sock"), Pcap: filepath.Join(dir, "net0.pcap")},
+			{FD: portTheirs},
+			{User: &UserNet{Restrict: true, HostForwards: []HostForward{{Host: hostPort, GuestPort: 22}}}},
+		},
+		TPM:       &TPM{CtrlSocket: filepath.Join(dir, "tpm.ctrl")},
+		FwCfg:     []FwCfgFile{{Name: "opt/qcluster/parameters", File: params}},
+		QMPSocket: filepath.Join(dir, "qmp.sock"),
+		Paused:    true,
+	}
+	v := startVM(t, m, Options{Dir: filepath.Join(dir, "vm")})
+	portTheirs.Close()
+	conn, err := switchLn.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+
+	// A second QMP client, as a person would attach.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	qc, err := net.Dial("unix", m.QMPSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.Close()
+	q := newQMP(qc, nil)
+	if err := q.handshake(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := q.QueryStatus(ctx); err != nil || s.Running || s.Status != "prelaunch" {
+		t.Errorf("query-status = %+v, %v; want prelaunch", s, err)
+	}
+	var tpms []struct {
+		Model   string `json:"model"`
+		Options struct {
+			Type string `json:"type"`
+		} `json:"options"`
+	}
+	if err := q.Execute(ctx, "query-tpm", nil, &tpms); err != nil || len(tpms) != 1 || tpms[0].Model != "tpm-tis" ||
+		tpms[0].Options.Type != "emulator" {
+		t.Errorf("query-tpm = %+v, %v; want one tpm-tis on the emulator", tpms, err)
+	}
+	var blocks []struct {
+		Device   string `json:"device"`
+		Inserted struct {
+			File string `json:"file"`
+			RO   bool   `json:"ro"`
+		} `json:"inserted"`
+	}
+	if err := q.Execute(ctx, "query-block", nil, &blocks); err != nil {
+		t.Fatal(err)
+	}
+	ro := map[string]bool{}
+	for _, b := range blocks {
+		ro[filepath.Base(b.Inserted.File)] = b.Inserted.RO
+	}
+	if len(ro) != 4 || ro["disk.raw"] || !ro["system.raw"] || ro["vars.fd"] || !ro[filepath.Base(ovmf.Code)] {
+		t.Errorf("block devices (file → read-only) %v; want code and system read-only, vars and disk writable", ro)
+	}
+	var pci []struct {
+		Devices []struct {
+			ID struct {
+				Vendor int `json:"vendor"`
+				Device int `json:"device"`
+			} `json:"id"`
+			QdevID string `json:"qdev_id"`
+		} `json:"devices"`
+	}
+	if err := q.Execute(ctx, "query-pci", nil, &pci); err != nil {
+		t.Fatal(err)
+	}
+	var qdev []string
+	for _, bus := range pci {
+		for _, d := range bus.Devices {
+			if d.ID.Vendor == 0x1af4 { // virtio
+				qdev = append(qdev, d.QdevID)
+			}
+		}
+	}
+	for _, want := range []string{"nic0", "nic1", "nic2", "rng0"} {
+		if !slices.Contains(qdev, want) {
+			t.Errorf("virtio PCI devices %q lack %s", qdev, want)
+		}
+	}
+	pcap, err := os.ReadFile(filepath.Join(dir, "net0.pcap"))
+	if err != nil || len(pcap) < 24 || string(pcap[:4]) != "\xd4\xc3\xb2\xa1" {
+		t.Errorf("net0.pcap: %d bytes, %v; want a pcap header", len(pcap), err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if exit, err := v.Wait(); err != nil || exit.Kind != ExitQuit {
+		t.Errorf("Wait = %v, %v; want quit", exit, err)
+	}
 }

@@ -1,6 +1,7 @@
 // Command marker is the test guest of package qemu: it prints a marker line
-// once it listens for the ACPI power button, and powers off when the button
-// is pressed (QMP system_powerdown).
+// once it listens for the ACPI power button, powers off when the button is
+// pressed (QMP system_powerdown), and reboots when "reboot" is typed on its
+// console.
 //
 // Under Linux the power button needs the guest's cooperation: the ACPI
 // button driver (module "button" in Debian's cloud kernel) turns the fixed
@@ -11,11 +12,14 @@
 package main
 
 import (
+	"bufio"
 	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/qcluster/qcluster/internal/testvm/guest"
 )
@@ -46,10 +50,26 @@ func main() {
 	if listening == 0 {
 		guest.Fatal(fmt.Errorf("no power button input device among %v", names))
 	}
+	go func() {
+		s := bufio.NewScanner(os.Stdin)
+		for s.Scan() {
+			if strings.TrimSpace(s.Text()) == "reboot" {
+				fmt.Println("qemu-marker: rebooting")
+				drain()
+				unix.Sync()
+				_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+			}
+		}
+	}()
 	fmt.Printf("qemu-marker: ready, watching %d power button(s)\n", listening)
 	fmt.Printf("qemu-marker: %s pressed, powering off\n", <-pressed)
+	drain()
 	guest.PowerOff()
 }
+
+// drain waits until the console has sent what was written to it (tcdrain),
+// so that the last line is not lost to the power-off.
+func drain() { _ = unix.IoctlSetInt(int(os.Stdout.Fd()), unix.TCSBRK, 1) }
 
 // watch reads struct input_event (amd64: 16-byte time, u16 type, u16 code,
 // s32 value) from f until a power key press.
