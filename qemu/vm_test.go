@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/kballard/go-shellquote"
+	"golang.org/x/sys/unix"
 
 	"github.com/qcluster/qcluster/internal/needs"
 	"github.com/qcluster/qcluster/internal/testvm"
@@ -382,9 +383,15 @@ func TestBadArgument(t *testing.T) {
 }
 
 // TestParentDeathKillsQEMU starts QEMU from a helper process (this test
-// binary again), kills the helper with SIGKILL and watches QEMU go.
+// binary again), kills the helper with SIGKILL and waits for QEMU to die of
+// its Pdeathsig. The test process is made a child subreaper, so the orphaned
+// QEMU becomes its child: it can wait for it (and reap it) instead of polling.
 func TestParentDeathKillsQEMU(t *testing.T) {
 	needQEMU(t)
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatalf("become a child subreaper: %v", err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	helper := exec.Command(os.Args[0], "-test.run=^TestHelperParent$", "-test.v")
 	helper.Env = append(os.Environ(), "QEMU_TEST_HELPER_DIR="+t.TempDir())
 	helper.Stderr = testWriter{t}
@@ -408,37 +415,31 @@ func TestParentDeathKillsQEMU(t *testing.T) {
 		t.Fatalf("helper gave no qemu pid: %v", s.Err())
 	}
 	go io.Copy(io.Discard, out)
-	if !alive(pid) {
-		t.Fatalf("qemu %d not running before its parent is killed", pid)
-	}
 	if err := helper.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	helper.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for alive(pid) {
-		select {
-		case <-ctx.Done():
-			syscall.Kill(pid, syscall.SIGKILL)
-			t.Fatalf("qemu %d outlived its parent", pid)
-		case <-tick.C:
+	died := make(chan unix.WaitStatus, 1)
+	go func() {
+		var ws unix.WaitStatus
+		for {
+			_, err := unix.Wait4(pid, &ws, 0, nil)
+			if err != unix.EINTR {
+				break
+			}
 		}
+		died <- ws
+	}()
+	select {
+	case ws := <-died:
+		if !ws.Signaled() || ws.Signal() != unix.SIGKILL {
+			t.Errorf("qemu %d ended with %v, want killed by SIGKILL (its Pdeathsig)", pid, ws)
+		}
+	case <-time.After(30 * time.Second):
+		unix.Kill(pid, unix.SIGKILL)
+		<-died
+		t.Fatalf("qemu %d outlived its parent by 30s", pid)
 	}
-}
-
-// alive reports whether pid runs (a zombie does not count: it is dead and
-// waits for a reaper).
-func alive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// pid (comm) state ...: comm may hold spaces, the state follows the last ')'.
-	i := strings.LastIndexByte(string(stat), ')')
-	return i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z'
 }
 
 // TestHelperParent is the helper process of TestParentDeathKillsQEMU; it
