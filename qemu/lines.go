@@ -35,8 +35,12 @@ func (r *lineRing) tail(n int) []string {
 	return append([]string(nil), all...)
 }
 
+// maxLine is the longest line kept whole; longer ones are cut, so that a
+// stream without line ends cannot grow a line (and its matching) forever.
+const maxLine = 16 << 10
+
 // lineSplitter cuts a byte stream into lines at "\n", "\r\n" or a lone "\r"
-// (firmware redraws lines with it).
+// (firmware redraws lines with it), and after maxLine bytes.
 type lineSplitter struct {
 	partial []byte
 	lastCR  bool
@@ -55,6 +59,10 @@ func (s *lineSplitter) write(p []byte, line func([]byte)) {
 		default:
 			s.partial = append(s.partial, b)
 			s.lastCR = false
+			if len(s.partial) == maxLine {
+				line(s.partial)
+				s.partial = s.partial[:0]
+			}
 		}
 	}
 }

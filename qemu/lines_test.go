@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -17,6 +18,11 @@ func TestLineSplitter(t *testing.T) {
 	}
 	if string(s.partial) != "f" {
 		t.Errorf("partial %q, want f", s.partial)
+	}
+	got = nil
+	s.write([]byte(strings.Repeat("x", 2*maxLine)), emit)
+	if len(got) != 2 || len(got[0]) != maxLine || len(s.partial) != 1 {
+		t.Errorf("a long line gave %d lines and a partial of %d bytes, want it cut at %d", len(got), len(s.partial), maxLine)
 	}
 }
 

@@ -287,6 +287,10 @@ func (v *VM) start(ctx context.Context) (err error) {
 	undo = append(undo, func() { log.Close() })
 	var ln net.Listener
 	if v.opts.ConsoleSocket != "" {
+		// A socket left by a supervisor that died is in the way; anything else is an error below.
+		if fi, err := os.Lstat(v.opts.ConsoleSocket); err == nil && fi.Mode().Type() == os.ModeSocket {
+			os.Remove(v.opts.ConsoleSocket)
+		}
 		if ln, err = net.Listen("unix", v.opts.ConsoleSocket); err != nil {
 			return wrap("console socket", err)
 		}

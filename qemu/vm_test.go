@@ -286,10 +286,18 @@ func TestResetExitsUnderNoReboot(t *testing.T) {
 	}
 }
 
-// TestCloseQuits: Close ends a running QEMU through QMP quit.
+// TestCloseQuits: Close ends a running QEMU through QMP quit. (The console
+// socket of a supervisor that died is replaced.)
 func TestCloseQuits(t *testing.T) {
 	needQEMU(t)
-	v := startVM(t, pausedMachine("close"), Options{})
+	sock := filepath.Join(t.TempDir(), "console.sock")
+	stale, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+	v := startVM(t, pausedMachine("close"), Options{ConsoleSocket: sock})
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -298,6 +306,9 @@ func TestCloseQuits(t *testing.T) {
 	}
 	if err := v.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("console socket left after Close: %v", err)
 	}
 }
 
