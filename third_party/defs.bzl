@@ -95,21 +95,23 @@ links.
 # debian_ovmf/usr/share/OVMF/OVMF_{CODE,VARS}_4M.fd,
 # debian_ovmf/usr/share/OVMF/OVMF_CODE_4M.secboot.fd,
 # debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.ms.fd.
+# Label() resolves them here, in qcluster, so that a module that depends on
+# qcluster gets the same files from its own e2e_test targets.
 E2E_DATA = [
-    "//testos:image",
-    "//testos:loader.efi",
-    "@debian_ovmf//:code",
-    "@debian_ovmf//:code_secboot",
-    "@debian_ovmf//:vars",
-    "@debian_ovmf//:vars_ms",
+    Label("//testos:image"),
+    Label("//testos:loader.efi"),
+    Label("@debian_ovmf//:code"),
+    Label("@debian_ovmf//:code_secboot"),
+    Label("@debian_ovmf//:vars"),
+    Label("@debian_ovmf//:vars_ms"),
 ]
 
 # qemu/ looks for OVMF through these variables (package resolve) before the
 # host's paths. rootpath is relative to the test's working directory, the
-# main repository's runfiles directory.
+# main repository's runfiles directory; the labels are canonical ("@@...").
 E2E_ENV = {
-    "QCLUSTER_OVMF_CODE": "$(rootpath @debian_ovmf//:code)",
-    "QCLUSTER_OVMF_VARS": "$(rootpath @debian_ovmf//:vars)",
+    "QCLUSTER_OVMF_CODE": "$(rootpath {})".format(Label("@debian_ovmf//:code")),
+    "QCLUSTER_OVMF_VARS": "$(rootpath {})".format(Label("@debian_ovmf//:vars")),
 }
 
 def e2e_test(
