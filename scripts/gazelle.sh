@@ -86,7 +86,7 @@ find . \( -path ./third_party/cache -o -path ./out -o -path './bazel-*' -o -path
 unknown=$(grep -vxF -f <(awk '{print $1}' "$tmp/modules") "$tmp/used" |
   grep -vE '^(io_bazel_rules_go|bazel_gazelle|bazel_tools|debian_[a-z_]+)$' || true)
 if [ -n "$unknown" ]; then
-  echo "gazelle.sh: BUILD.bazel files refer to repositories that are no module of go.mod: $(echo $unknown) (run go mod tidy?)" >&2
+  echo "gazelle.sh: BUILD.bazel files refer to repositories that are not modules of go.mod: $(echo $unknown) (run go mod tidy?)" >&2
   status=1
 fi
 
@@ -115,7 +115,8 @@ awk -v block="$tmp/use_repo" '
 }
 if ! cmp -s MODULE.bazel "$tmp/MODULE.bazel"; then
   if [ "$check" = 1 ]; then
-    diff -u MODULE.bazel "$tmp/MODULE.bazel" | sed '1,2s|\(.*\)\t.*|\1|' >&2 || true
+    diff -u --label MODULE.bazel --label "MODULE.bazel (as scripts/gazelle.sh writes it)" \
+      MODULE.bazel "$tmp/MODULE.bazel" >&2 || true
     echo "gazelle.sh: MODULE.bazel's use_repo(go_deps, ...) is out of date: run scripts/gazelle.sh (or make gazelle)" >&2
     status=1
   else
