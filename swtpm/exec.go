@@ -1,0 +1,187 @@
+package swtpm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/kballard/go-shellquote"
+)
+
+// debianPackage names the Debian package that ships each program this
+// package runs, for the error given when it is missing.
+var debianPackage = map[string]string{
+	"swtpm":         "swtpm",
+	"swtpm_setup":   "swtpm-tools",
+	"swtpm_localca": "swtpm-tools",
+}
+
+// lookBinary returns explicit if set (checked to be an executable file), else
+// the path of name in PATH. The error names the Debian package.
+func lookBinary(explicit, name string) (string, error) {
+	p := explicit
+	if p == "" {
+		p = name
+	}
+	found, err := exec.LookPath(p)
+	if err != nil {
+		return "", fmt.Errorf("find %s: %w (install the Debian package %s)", name, err, debianPackage[name])
+	}
+	return found, nil
+}
+
+// ProcessError reports a swtpm or swtpm_setup process that failed to start or
+// ended badly. Error() is one line: the shell-quoted argv, the cause and the
+// last lines the process wrote to stdout and stderr.
+type ProcessError struct {
+	// Argv is the full command line, program first.
+	Argv []string
+	// Output is the tail of what the process wrote to stdout and stderr (at most tailBytes).
+	Output string
+	// Err is the cause: an *exec.ExitError, a start error, or a protocol error.
+	Err error
+}
+
+func (e *ProcessError) Error() string {
+	var b strings.Builder
+	b.WriteString(shellquote.Join(e.Argv...))
+	b.WriteString(": ")
+	b.WriteString(e.Err.Error())
+	if out := oneLine(e.Output); out != "" {
+		b.WriteString(": output: ")
+		b.WriteString(out)
+	}
+	return b.String()
+}
+
+func (e *ProcessError) Unwrap() error { return e.Err }
+
+// oneLine joins the last few non-empty lines of s with " | ".
+func oneLine(s string) string {
+	const maxLines = 12
+	var lines []string
+	for l := range strings.SplitSeq(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > maxLines {
+		lines = lines[len(lines)-maxLines:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// tailBytes is how much of a process's output is kept for error messages.
+const tailBytes = 8 << 10
+
+// tail is an io.Writer that keeps the last tailBytes written to it. It is safe
+// for concurrent use.
+type tail struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - tailBytes; over > 0 {
+		t.buf = t.buf[over:]
+		// Start at a line boundary so the first line is not a fragment.
+		if i := bytes.IndexByte(t.buf, '\n'); i >= 0 {
+			t.buf = t.buf[i+1:]
+		}
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
+
+// childAttr makes a child die with its parent and gives it its own process
+// group (so a terminal's Ctrl-C reaches the launcher alone, and a group kill
+// reaches the child's own children, e.g. the swtpm that swtpm_setup runs).
+//
+// Pdeathsig is tied to the OS thread that forked the child, not to the
+// process: the child gets SIGKILL when that thread exits. Go can end a thread
+// whose goroutine exits while locked to it, so spawn forks from a goroutine
+// locked to its thread that stays alive, waiting, for the child's whole life.
+func childAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+// pidNamespaceAttr is childAttr plus a new PID namespace, with the child as
+// its init: when the child dies, the kernel kills everything else in the
+// namespace. swtpm_setup needs this, since Pdeathsig cannot reach the swtpm it
+// starts: glib's spawn double-forks, so that swtpm is reparented to init at
+// once, and it inherits both ends of its own socket pairs from swtpm_setup
+// (no close-on-exec), so it never sees swtpm_setup go away and runs forever.
+// Without root, a user namespace mapping only the caller's own ids makes the
+// PID namespace possible where unprivileged user namespaces are allowed.
+func pidNamespaceAttr() *syscall.SysProcAttr {
+	a := childAttr()
+	a.Cloneflags = syscall.CLONE_NEWPID
+	if uid, gid := os.Geteuid(), os.Getegid(); uid != 0 {
+		a.Cloneflags |= syscall.CLONE_NEWUSER
+		a.UidMappings = []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}}
+		a.GidMappings = []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}}
+	}
+	return a
+}
+
+// spawn starts cmd from a goroutine locked to its OS thread and waits for it
+// on that same goroutine, so the thread that Pdeathsig watches lives exactly as
+// long as the child. cmd.SysProcAttr defaults to childAttr(). The returned
+// channel yields cmd.Wait's result once.
+func spawn(cmd *exec.Cmd) (<-chan error, error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = childAttr()
+	}
+	started := make(chan error, 1)
+	waited := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: when this goroutine returns, the child has been
+		// reaped, and letting the runtime retire the thread is harmless.
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		waited <- cmd.Wait()
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return waited, nil
+}
+
+// killGroup sends SIGKILL to the process group led by pid, which reaches the
+// programs the leader started too. The caller has not yet seen the leader
+// reaped; a group id is only reused after every member is gone and the pid
+// space has wrapped around, which this short window does not allow for in
+// practice.
+func killGroup(pid int) {
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		// Fall back to the leader alone; nothing else can be done.
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// openLog opens path for appending swtpm's output, creating it 0600.
+func openLog(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open log file: %w", err)
+	}
+	return f, nil
+}
