@@ -90,7 +90,7 @@ func (s *storageState) bring(ctx context.Context, log *slog.Logger, cfg *config)
 	dataErr := s.bringData(log, partDevice(disk, dataPart.number))
 	if err := <-verified; err != nil {
 		s.verity.Error = err.Error()
-		return fmt.Errorf("verity: slot %s (%s, root hash %s): %w", s.slot, sysDev, s.verity.RootHash, err)
+		return fmt.Errorf("verity: slot %s (%s through %s, root hash %s): %w", s.slot, sysDev, mapped, s.verity.RootHash, err)
 	}
 	s.verity.State = api.Verity_STATE_OK
 	return dataErr
@@ -243,7 +243,7 @@ func readAll(path string) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("read %s near byte %d: %w", path, off, err)
+			return fmt.Errorf("read back near byte %d: %w", off, err)
 		}
 	}
 }
