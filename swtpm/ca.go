@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/qcluster/qcluster/internal/atomicfile"
 )
 
 // File names inside the CA directory. The lock file's name is the one
@@ -233,11 +235,11 @@ func (ca *CA) loadOrCreate() error {
 	if err != nil {
 		return fmt.Errorf("marshal CA key: %w", err)
 	}
-	if err := writeFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return err
 	}
 	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := writeFileAtomic(certPath, certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(certPath, certPEM, 0o644); err != nil {
 		return err
 	}
 	ca.log.Debug("swtpm: created CA", "dir", ca.dir, "serial", serial)
@@ -326,7 +328,7 @@ func (ca *CA) writeConfig() error {
 			"active_pcr_banks = " + defaultPCRBanks + "\n"},
 	}
 	for _, f := range files {
-		if err := writeFileAtomic(p(f.name), []byte(f.content), 0o600); err != nil {
+		if err := atomicfile.Write(p(f.name), []byte(f.content), 0o600); err != nil {
 			return err
 		}
 	}
@@ -372,35 +374,6 @@ func lockCA(ctx context.Context, path string) (unlock func(), err error) {
 		case <-t.C:
 		}
 	}
-}
-
-// writeFileAtomic writes data to a temporary file in path's directory and
-// renames it over path, so readers see the old or the new content, never a
-// part. The temporary file is removed on error.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Chmod(mode); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // isExecutable reports whether path is a regular file with an execute bit.
