@@ -44,6 +44,11 @@
 // DER files in the state directory and returned. Manufacturing several nodes
 // at once is safe: swtpm_localca hands out certificate serials under its lock.
 //
+// swtpm_setup runs as the init of a PID namespace of its own (through a user
+// namespace when not root), because the swtpm it starts cannot be reached by
+// Pdeathsig and would otherwise outlive a killed launcher forever; where the
+// system refuses namespaces it runs without one.
+//
 // # Run
 //
 // Start runs `swtpm socket --tpm2 --tpmstate dir=DIR,mode=0600 --ctrl
@@ -67,9 +72,9 @@
 //   - TPM 2.0 only; unencrypted state; no state migration.
 //   - Linux only (Pdeathsig, flock).
 //   - UNIX socket paths are at most 107 bytes; paths passed to swtpm must not
-//     contain ',' (its option syntax), and paths written to the config files
-//     must not contain '#', '$', spaces or newlines (swtpm_setup's and
-//     swtpm_localca's config syntax).
+//     contain ',' (its option syntax); paths written to the config files must
+//     not contain '#', '$' or newlines (swtpm_setup's and swtpm_localca's config
+//     syntax); program paths must not contain spaces (swtpm_setup splits --tpm).
 //   - A parent killed with SIGKILL while swtpm_setup runs leaves its scratch
 //     directory (.NAME.manufacture-*) beside the state directory.
 package swtpm

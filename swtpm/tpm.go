@@ -29,12 +29,12 @@ type Options struct {
 	// Binary is the swtpm executable. Default: "swtpm" in PATH.
 	Binary string
 	// StateDir is the node's state directory, made by CA.Manufacture. swtpm
-	// writes it (mode 0600 files) as the guest uses the TPM.
+	// writes it (mode 0600 files) as the guest uses the TPM. Required.
 	StateDir string
 	// CtrlSocket is the path of the control channel's UNIX socket, the one
-	// QEMU's -chardev socket connects to (at most 107 bytes, no ','). A stale
-	// socket file there is replaced; a socket some process still serves is an
-	// error.
+	// QEMU's -chardev socket connects to (at most 107 bytes, no ','; created
+	// 0600). A stale socket file there is replaced; a socket some process
+	// still serves is an error. Required.
 	CtrlSocket string
 	// DataSocket, if set, also serves TPM commands on this UNIX socket
 	// (--server type=unixio), for host-side clients such as tests. QEMU does
@@ -104,6 +104,10 @@ func start(ctx context.Context, opts Options) (*TPM, error) {
 	if !done {
 		return nil, fmt.Errorf("%s: %w (no %s; run CA.Manufacture first)", stateDir, ErrNotManufactured, permallFile)
 	}
+	bin, err := lookBinary(opts.Binary, "swtpm")
+	if err != nil {
+		return nil, err
+	}
 	if opts.CtrlSocket == "" {
 		return nil, errors.New("no control socket path given")
 	}
@@ -114,10 +118,6 @@ func start(ctx context.Context, opts Options) (*TPM, error) {
 		if err := prepareSocket("data socket", opts.DataSocket); err != nil {
 			return nil, err
 		}
-	}
-	bin, err := lookBinary(opts.Binary, "swtpm")
-	if err != nil {
-		return nil, err
 	}
 	if opts.StartTimeout <= 0 {
 		opts.StartTimeout = 10 * time.Second
