@@ -62,12 +62,16 @@ func (e *ProcessError) Error() string {
 
 func (e *ProcessError) Unwrap() error { return e.Err }
 
-// oneLine joins the last few non-empty lines of s with " | ".
+// oneLine joins the last few non-empty lines of s with " | ", each cut to a
+// readable length (swtpm_setup logs whole EK moduli in hex).
 func oneLine(s string) string {
-	const maxLines = 12
+	const maxLines, maxLine = 12, 240
 	var lines []string
 	for l := range strings.SplitSeq(s, "\n") {
 		if l = strings.TrimSpace(l); l != "" {
+			if len(l) > maxLine {
+				l = l[:maxLine] + "…"
+			}
 			lines = append(lines, l)
 		}
 	}
