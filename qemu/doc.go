@@ -43,7 +43,7 @@
 // QEMU runs in its own process group and is killed when its parent dies
 // (Pdeathsig, from a thread that lives exactly as long as QEMU: see Start).
 // The supervisor talks to it over two inherited socketpairs, the serial port
-// and a private QMP monitor; QEMU starts with -S and runs the guest only after
+// and a private QMP monitor (package qemu/qmp); QEMU starts with -S and runs the guest only after
 // the QMP handshake, so no event is missed. Options.Dir receives console.log
 // (the serial output, sanitized, line by line, appended across restarts) and
 // qemu.sh (a copy-pasteable command line with the serial console on the

@@ -19,6 +19,7 @@ import (
 	"github.com/kballard/go-shellquote"
 	"golang.org/x/sys/unix"
 
+	"github.com/qcluster/qcluster/qemu/qmp"
 	"github.com/qcluster/qcluster/resolve"
 )
 
@@ -139,7 +140,7 @@ type VM struct {
 	cmd       *exec.Cmd
 	execAt    time.Time
 	accel     Accel
-	qmp       *QMP
+	qmp       *qmp.Client
 	console   *Console
 	stderr    *tailWriter
 
@@ -299,12 +300,12 @@ func (v *VM) start(ctx context.Context) (err error) {
 	// The readers start now and end when their sockets do: with QEMU, or
 	// with the undo below if it never runs.
 	c := newConsole(v.m.Name, serialOurs, log, ln, v.opts.ConsoleLines, v.exited, func() Exit { return v.exit }, v.logger)
-	v.console, v.qmp = c, newQMP(qmpOurs, v.onEvent)
+	v.console, v.qmp = c, qmp.New(qmpOurs, v.onEvent)
 	undo = append(undo, func() {
 		serialOurs.Close()
 		qmpOurs.Close()
 		c.wg.Wait()
-		<-v.qmp.done
+		<-v.qmp.Done()
 	})
 
 	args, nicFiles, _ := v.m.argv(v.accel, wiring{})
@@ -347,7 +348,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 		cmd.Process.Kill()
 		<-v.exited
 	})
-	if err := v.qmp.handshake(ctx); err != nil {
+	if err := v.qmp.Handshake(ctx); err != nil {
 		return v.startupError(err)
 	}
 	if !v.m.Paused {
@@ -362,7 +363,7 @@ func (v *VM) start(ctx context.Context) (err error) {
 // startupError describes a failure after exec: if QEMU exited, its exit
 // status and stderr say why (a bad argument, a missing socket).
 func (v *VM) startupError(err error) error {
-	if errors.Is(err, ErrQMPClosed) {
+	if errors.Is(err, qmp.ErrClosed) {
 		// QEMU closed its end: it is exiting. Let its stderr arrive.
 		t := time.NewTimer(v.opts.StopTimeout)
 		defer t.Stop()
@@ -415,7 +416,7 @@ func (v *VM) writeScript(argv []string, notes []string) error {
 }
 
 // onEvent runs in the QMP reader for every event.
-func (v *VM) onEvent(ev Event) {
+func (v *VM) onEvent(ev qmp.Event) {
 	v.logger.Info("qemu: event", "event", ev.Name, "data", string(ev.Data))
 	if ev.Name != "SHUTDOWN" {
 		return
@@ -432,7 +433,7 @@ func (v *VM) onEvent(ev Event) {
 // finish runs once QEMU has been waited for: it lets the readers drain
 // (the sockets end with the process), classifies the exit and publishes it.
 func (v *VM) finish(waitErr error) {
-	<-v.qmp.done
+	<-v.qmp.Done()
 	<-v.console.ended
 	v.evMu.Lock()
 	reason, seen := v.shutdownSeen, v.shutdownOK
@@ -489,8 +490,10 @@ func (v *VM) Exited() <-chan struct{} { return v.exited }
 // Console is the machine's serial console; nil before Start.
 func (v *VM) Console() *Console { return v.console }
 
-// QMP is the supervisor's QMP client; nil before Start.
-func (v *VM) QMP() *QMP { return v.qmp }
+// QMP is the supervisor's QMP client; nil before Start. SystemPowerdown asks
+// the guest to power off, SystemReset resets it (see Machine.Reboot), Quit
+// ends QEMU, Subscribe shows events such as RESET.
+func (v *VM) QMP() *qmp.Client { return v.qmp }
 
 // Accel is the accelerator Start decided on ("" before Start).
 func (v *VM) Accel() Accel { return v.accel }

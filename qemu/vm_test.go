@@ -25,6 +25,7 @@ import (
 
 	"github.com/qcluster/qcluster/internal/needs"
 	"github.com/qcluster/qcluster/internal/testvm"
+	"github.com/qcluster/qcluster/qemu/qmp"
 )
 
 var markerRE = regexp.MustCompile(`^qemu-marker: ready`)
@@ -209,9 +210,9 @@ func TestResetInPlace(t *testing.T) {
 	if s, err := v.QMP().QueryStatus(ctx); err != nil || s.Running || s.Status != "paused" {
 		t.Errorf("query-status after stop = %+v, %v; want paused", s, err)
 	}
-	var qerr *QMPError
+	var qerr *qmp.Error
 	if err := v.QMP().Execute(ctx, "no-such-command", nil, nil); !errors.As(err, &qerr) || qerr.Class != "CommandNotFound" {
-		t.Errorf("unknown command: %v, want a QMPError of class CommandNotFound", err)
+		t.Errorf("unknown command: %v, want a qmp.Error of class CommandNotFound", err)
 	}
 	select {
 	case <-v.Exited():
@@ -220,7 +221,7 @@ func TestResetInPlace(t *testing.T) {
 	}
 }
 
-func waitEvent(ctx context.Context, t *testing.T, events <-chan Event, name, reason string) {
+func waitEvent(ctx context.Context, t *testing.T, events <-chan qmp.Event, name, reason string) {
 	t.Helper()
 	for {
 		select {
@@ -281,8 +282,8 @@ func TestResetExitsUnderNoReboot(t *testing.T) {
 			t.Errorf("second Wait = %v, want %v", e, exit)
 		}
 	}
-	if _, err := v.QMP().QueryStatus(ctx); !errors.Is(err, ErrQMPClosed) {
-		t.Errorf("query-status after exit: %v, want ErrQMPClosed", err)
+	if _, err := v.QMP().QueryStatus(ctx); !errors.Is(err, qmp.ErrClosed) {
+		t.Errorf("query-status after exit: %v, want qmp.ErrClosed", err)
 	}
 }
 
@@ -567,15 +568,11 @@ func TestEveryDevice(t *testing.T) {
 	// A second QMP client, as a person would attach.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	qc, err := net.Dial("unix", m.QMPSocket)
+	q, err := qmp.Dial(ctx, m.QMPSocket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer qc.Close()
-	q := newQMP(qc, nil)
-	if err := q.handshake(ctx); err != nil {
-		t.Fatal(err)
-	}
+	defer q.Close()
 	if s, err := q.QueryStatus(ctx); err != nil || s.Running || s.Status != "prelaunch" {
 		t.Errorf("query-status = %+v, %v; want prelaunch", s, err)
 	}

@@ -1,4 +1,12 @@
-package qemu
+// Package qmp is a client of the QEMU Machine Protocol (docs/interop/qmp-spec
+// in QEMU's sources): JSON objects over a stream socket, a greeting, a
+// capabilities handshake, commands with ids answered in any order, and
+// asynchronous events. It knows nothing of how QEMU was started; package
+// qemu uses it for the supervisor's private monitor, and anyone can use it
+// for the extra QMP socket of a machine.
+//
+// Limits: no out-of-band execution; no file-descriptor passing (getfd).
+package qmp
 
 import (
 	"context"
@@ -13,14 +21,12 @@ import (
 	"time"
 )
 
-// ErrQMPClosed is wrapped by QMP's errors once the connection has ended
+// ErrClosed is wrapped by the client's errors once the connection has ended
 // (QEMU exited).
-var ErrQMPClosed = errors.New("qmp connection closed")
+var ErrClosed = errors.New("qmp connection closed")
 
-// QMP is a client of the QEMU Machine Protocol (JSON over a stream socket,
-// docs/interop/qmp-spec): commands with ids, answered in any order, and
-// asynchronous events. It is safe for concurrent use.
-type QMP struct {
+// Client is a QMP connection. It is safe for concurrent use.
+type Client struct {
 	conn    net.Conn
 	onEvent func(Event) // called in the reader, before subscribers
 
@@ -43,14 +49,14 @@ type Event struct {
 	Time time.Time       // QEMU's timestamp
 }
 
-// QMPError is an error QEMU returned for a command.
-type QMPError struct {
+// Error is an error QEMU returned for a command.
+type Error struct {
 	Command string
 	Class   string `json:"class"` // e.g. "GenericError", "CommandNotFound"
 	Desc    string `json:"desc"`
 }
 
-func (e *QMPError) Error() string {
+func (e *Error) Error() string {
 	return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc)
 }
 
@@ -64,32 +70,49 @@ type message struct {
 	} `json:"timestamp"`
 	ID     json.RawMessage `json:"id"`
 	Return json.RawMessage `json:"return"`
-	Error  *QMPError       `json:"error"`
+	Error  *Error          `json:"error"`
 }
 
-// newQMP starts reading conn. onEvent, if not nil, sees every event first,
-// in the reader goroutine.
-func newQMP(conn net.Conn, onEvent func(Event)) *QMP {
-	q := &QMP{conn: conn, onEvent: onEvent, pending: map[string]chan message{},
+// New starts reading conn; Handshake must follow before commands. onEvent,
+// if not nil, sees every event first, in the reader goroutine (it must not
+// block). The client closes conn when the stream ends.
+func New(conn net.Conn, onEvent func(Event)) *Client {
+	q := &Client{conn: conn, onEvent: onEvent, pending: map[string]chan message{},
 		subs: map[chan Event]struct{}{}, greeted: make(chan struct{}), done: make(chan struct{})}
 	go q.read(json.NewDecoder(conn))
 	return q
 }
 
-// handshake waits for QEMU's greeting and leaves capabilities negotiation
+// Dial connects to a QMP server socket (such as qemu.Machine.QMPSocket) and
+// shakes hands within ctx.
+func Dial(ctx context.Context, path string) (*Client, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("qmp: %w", err)
+	}
+	q := New(conn, nil)
+	if err := q.Handshake(ctx); err != nil {
+		q.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// Handshake waits for QEMU's greeting and leaves capabilities negotiation
 // mode, so that commands and events flow.
-func (q *QMP) handshake(ctx context.Context) error {
+func (q *Client) Handshake(ctx context.Context) error {
 	select {
 	case <-q.greeted:
 	case <-q.done:
-		return fmt.Errorf("qmp handshake: %w", ErrQMPClosed)
+		return fmt.Errorf("qmp handshake: %w", ErrClosed)
 	case <-ctx.Done():
 		return fmt.Errorf("qmp handshake: wait for greeting: %w", ctx.Err())
 	}
 	return q.Execute(ctx, "qmp_capabilities", nil, nil)
 }
 
-func (q *QMP) read(dec *json.Decoder) {
+func (q *Client) read(dec *json.Decoder) {
 	var err error
 	for {
 		var m message
@@ -150,7 +173,7 @@ func (q *QMP) read(dec *json.Decoder) {
 // Subscribe returns a channel of the events from now on, closed when the
 // connection ends or cancel is called. It holds 64 events; a subscriber that
 // falls further behind loses events.
-func (q *QMP) Subscribe() (events <-chan Event, cancel func()) {
+func (q *Client) Subscribe() (events <-chan Event, cancel func()) {
 	ch := make(chan Event, 64)
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -170,13 +193,19 @@ func (q *QMP) Subscribe() (events <-chan Event, cancel func()) {
 }
 
 // Execute runs command with args (nil for none) and decodes its return value
-// into result (nil to ignore it). A command QEMU refused returns a *QMPError.
-func (q *QMP) Execute(ctx context.Context, command string, args, result any) error {
+// into result (nil to ignore it). A command QEMU refused returns a *Error.
+//
+// A context that ends before the command is sent keeps it from QEMU; one
+// that ends later only stops the wait, and QEMU still runs the command.
+func (q *Client) Execute(ctx context.Context, command string, args, result any) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("qmp %s: %w", command, err)
+	}
 	ch := make(chan message, 1)
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
-		return fmt.Errorf("qmp %s: %w", command, ErrQMPClosed)
+		return fmt.Errorf("qmp %s: %w", command, ErrClosed)
 	}
 	q.nextID++
 	id := strconv.FormatUint(q.nextID, 10)
@@ -201,7 +230,7 @@ func (q *QMP) Execute(ctx context.Context, command string, args, result any) err
 	q.wmu.Unlock()
 	if err != nil {
 		forget()
-		return fmt.Errorf("qmp %s: %w: %w", command, ErrQMPClosed, err)
+		return fmt.Errorf("qmp %s: %w: %w", command, ErrClosed, err)
 	}
 	var m message
 	select {
@@ -213,7 +242,7 @@ func (q *QMP) Execute(ctx context.Context, command string, args, result any) err
 		select {
 		case m = <-ch:
 		default:
-			return fmt.Errorf("qmp %s: %w", command, ErrQMPClosed)
+			return fmt.Errorf("qmp %s: %w", command, ErrClosed)
 		}
 	}
 	if m.Error != nil {
@@ -231,31 +260,32 @@ func (q *QMP) Execute(ctx context.Context, command string, args, result any) err
 // SystemPowerdown presses the ACPI power button. The guest decides what to
 // do: a guest that does not handle the button (no ACPI button driver, or
 // nothing listening for KEY_POWER) keeps running.
-func (q *QMP) SystemPowerdown(ctx context.Context) error {
+func (q *Client) SystemPowerdown(ctx context.Context) error {
 	return q.Execute(ctx, "system_powerdown", nil, nil)
 }
 
 // SystemReset resets the machine like its reset button. Under -no-reboot
-// (Machine.Reboot false) QEMU then exits and Wait reports ExitReset.
-func (q *QMP) SystemReset(ctx context.Context) error {
+// QEMU then exits (SHUTDOWN event, reason host-qmp-system-reset); otherwise
+// the machine restarts in place (RESET event).
+func (q *Client) SystemReset(ctx context.Context) error {
 	return q.Execute(ctx, "system_reset", nil, nil)
 }
 
 // Quit makes QEMU exit at once, without the guest's cooperation. The
 // connection ending before the reply counts as success.
-func (q *QMP) Quit(ctx context.Context) error {
+func (q *Client) Quit(ctx context.Context) error {
 	err := q.Execute(ctx, "quit", nil, nil)
-	if errors.Is(err, ErrQMPClosed) {
+	if errors.Is(err, ErrClosed) {
 		return nil
 	}
 	return err
 }
 
 // Stop pauses the guest's CPUs.
-func (q *QMP) Stop(ctx context.Context) error { return q.Execute(ctx, "stop", nil, nil) }
+func (q *Client) Stop(ctx context.Context) error { return q.Execute(ctx, "stop", nil, nil) }
 
-// Cont resumes the guest's CPUs (also from the prelaunch state of Machine.Paused).
-func (q *QMP) Cont(ctx context.Context) error { return q.Execute(ctx, "cont", nil, nil) }
+// Cont resumes the guest's CPUs, also from the prelaunch state of -S.
+func (q *Client) Cont(ctx context.Context) error { return q.Execute(ctx, "cont", nil, nil) }
 
 // Status is the answer of query-status.
 type Status struct {
@@ -264,8 +294,18 @@ type Status struct {
 }
 
 // QueryStatus asks whether the guest runs.
-func (q *QMP) QueryStatus(ctx context.Context) (Status, error) {
+func (q *Client) QueryStatus(ctx context.Context) (Status, error) {
 	var s Status
 	err := q.Execute(ctx, "query-status", nil, &s)
 	return s, err
+}
+
+// Done is closed when the connection has ended and every event was delivered.
+func (q *Client) Done() <-chan struct{} { return q.done }
+
+// Close ends the connection and waits for the reader.
+func (q *Client) Close() error {
+	err := q.conn.Close()
+	<-q.done
+	return err
 }
