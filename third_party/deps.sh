@@ -24,6 +24,7 @@ pkgs=(
   filefrag:e2fsprogs
   protoc:protobuf-compiler
   cpio:cpio
+  tcpdump:tcpdump
 )
 files=(
   /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
