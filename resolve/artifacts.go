@@ -6,8 +6,7 @@ package resolve
 
 // QEMU is qemu-system-x86_64.
 func QEMU(explicit string) Spec {
-	return Spec{What: "QEMU (qemu-system-x86_64)", Explicit: explicit, Runfile: "qemu_system_x86/bin/qemu-system-x86_64",
-		Env: "QCLUSTER_QEMU", Commands: []string{"qemu-system-x86_64"}, Paths: []string{"/usr/libexec/qemu-kvm"},
+	return Spec{What: "QEMU (qemu-system-x86_64)", Explicit: explicit, Env: "QCLUSTER_QEMU", Commands: []string{"qemu-system-x86_64"}, Paths: []string{"/usr/libexec/qemu-kvm"},
 		Hint: "apt-get install --no-install-recommends qemu-system-x86, or make deps"}
 }
 
@@ -46,4 +45,11 @@ func Kernel(explicit string) Spec {
 func Modules(explicit string) Spec {
 	return Spec{What: "guest kernel modules", Explicit: explicit, Runfile: "debian_kernel/lib/modules",
 		Env: "QCLUSTER_MODULES", Paths: []string{"third_party/cache/root/lib/modules/*-cloud-amd64"}, Hint: "run make fetch"}
+}
+
+// Nanoswitch is the cluster's virtual switch command (nanoswitch/cmd/nanoswitch).
+func Nanoswitch(explicit string) Spec {
+	return Spec{What: "nanoswitch", Explicit: explicit, Runfile: "qcluster/nanoswitch/cmd/nanoswitch/nanoswitch_/nanoswitch",
+		Env: "QCLUSTER_NANOSWITCH", Commands: []string{"nanoswitch"}, Paths: []string{"out/bin/nanoswitch"},
+		Hint: "run make (it builds out/bin/nanoswitch) or go build -o out/bin/nanoswitch ./nanoswitch/cmd/nanoswitch"}
 }

@@ -23,7 +23,7 @@ func TestOrder(t *testing.T) {
 	dir := t.TempDir()
 	rf := filepath.Join(dir, "runfiles")
 	explicit := touch(t, filepath.Join(dir, "explicit/qemu"))
-	runfile := touch(t, filepath.Join(rf, "qemu_system_x86/bin/qemu-system-x86_64"))
+	runfile := touch(t, filepath.Join(rf, "tools/qemu"))
 	env := touch(t, filepath.Join(dir, "env/qemu"))
 	onPath := touch(t, filepath.Join(dir, "path/qemu-system-x86_64"))
 	t.Setenv("PATH", filepath.Dir(onPath))
@@ -31,16 +31,21 @@ func TestOrder(t *testing.T) {
 	t.Setenv("RUNFILES_MANIFEST_FILE", "")
 	t.Setenv("QCLUSTER_QEMU", env)
 
+	spec := func(explicit string) Spec {
+		s := QEMU(explicit)
+		s.Runfile = "tools/qemu"
+		return s
+	}
 	for _, c := range []struct {
 		name  string
 		setup func()
 		spec  Spec
 		want  string
 	}{
-		{"explicit wins over runfiles", func() {}, QEMU(explicit), explicit},
-		{"runfiles before environment", func() {}, QEMU(""), runfile},
-		{"environment before PATH", func() { t.Setenv("RUNFILES_DIR", filepath.Join(dir, "none")) }, QEMU(""), env},
-		{"PATH last", func() { t.Setenv("QCLUSTER_QEMU", "") }, QEMU(""), onPath},
+		{"explicit wins over runfiles", func() {}, spec(explicit), explicit},
+		{"runfiles before environment", func() {}, spec(""), runfile},
+		{"environment before PATH", func() { t.Setenv("RUNFILES_DIR", filepath.Join(dir, "none")) }, spec(""), env},
+		{"PATH last", func() { t.Setenv("QCLUSTER_QEMU", "") }, spec(""), onPath},
 	} {
 		c.setup()
 		got, err := Find(c.spec)

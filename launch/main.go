@@ -1,0 +1,280 @@
+// Command cluster launches a throw-away cluster of QEMU virtual machines from
+// an OS image in OCI form and waits until every node is ready.
+//
+//	go run ./launch                       # 3 nodes of the default testos image
+//	bazel run //launch:cluster -- --nodes 5
+//
+// It prints one line per step, then a summary of the nodes and how to reach
+// them, and keeps the cluster up until Ctrl-C (or, with --exit-when-ready,
+// tears it down at once). It is the only part of qcluster that reads flags
+// and the environment or writes to the terminal.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/qcluster/qcluster/cluster"
+	"github.com/qcluster/qcluster/testos/profile"
+)
+
+const usage = `Usage: cluster [flags]
+
+Launches a cluster of QEMU VMs (q35, OVMF, virtio; KVM where usable, TCG
+where not) from an OS image in OCI form, one fresh disk and one swtpm TPM per
+node and a virtual switch between them, and waits until every node is ready.
+
+Examples:
+  cluster                                   3 nodes of the default image (make image)
+  cluster --nodes 1 --memory 1024 --no-tpm  one node, 1 GiB, no TPM
+  cluster --exit-when-ready --json out.json launch, write a summary, tear down (for scripts)
+  cluster --image ./my-os --ready tcp:22    another OS image, ready when port 22 accepts
+
+Flags:
+`
+
+// config is everything the flags say.
+type config struct {
+	opts          cluster.Options
+	readySpec     string
+	jsonPath      string
+	exitWhenReady bool
+	logLevel      string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	c := &config{}
+	o := &c.opts
+	var disk, timeout string
+	var noTPM bool
+	fs.IntVar(&o.Nodes, "nodes", 3, "number of nodes (1–64)")
+	fs.IntVar(&o.Node.CPUs, "cpus", 1, "virtual CPUs per node")
+	fs.IntVar(&o.Node.MemoryMiB, "memory", 512, "memory per node, MiB")
+	fs.StringVar(&disk, "disk", "3GiB", "disk size per node (bytes, or with KiB/MiB/GiB)")
+	fs.BoolVar(&noTPM, "no-tpm", false, "start the nodes without a TPM")
+	tpm := fs.Bool("tpm", true, "give every node a swtpm TPM (--tpm=false is --no-tpm)")
+	fs.StringVar(&o.Image, "image", "", "OS image: an OCI layout directory (default: out/testos from make image)")
+	fs.StringVar(&o.Loader, "loader", "", "EFI loader for the ESP (default: out/loader.efi)")
+	fs.StringVar(&o.Accel, "accel", "auto", "accelerator: auto, kvm or tcg")
+	fs.StringVar(&o.StateDir, "state-dir", "", "state directory (default: a fresh one under $TMPDIR; must not be in use)")
+	fs.BoolVar(&o.KeepState, "keep", false, "keep the state directory after teardown")
+	fs.StringVar(&timeout, "timeout", "10m", "how long the launch may take until every node is ready")
+	fs.StringVar(&c.readySpec, "ready", "testos", "readiness probe: testos, grpc-health:PORT[:tls], tcp:PORT, console:REGEXP")
+	fs.StringVar(&c.jsonPath, "json", "", "write a machine-readable summary to this file")
+	fs.BoolVar(&c.exitWhenReady, "exit-when-ready", false, "tear down and exit 0 once every node is ready")
+	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn, error")
+	fs.StringVar(&o.QEMU, "qemu", "", "path of qemu-system-x86_64 (default: found on PATH)")
+	fs.StringVar(&o.Swtpm, "swtpm", "", "path of swtpm (default: found on PATH)")
+	fs.StringVar(&o.FirmwareCode, "ovmf-code", "", "OVMF code image (default: discovered)")
+	fs.StringVar(&o.FirmwareVars, "ovmf-vars", "", "OVMF vars template (default: discovered)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags only; see --help)", fs.Arg(0))
+	}
+	size, err := parseSize(disk)
+	if err != nil {
+		return nil, fmt.Errorf("--disk: %w", err)
+	}
+	o.Node.DiskSize = size
+	o.Node.NoTPM = noTPM || !*tpm
+	if o.Timeout, err = time.ParseDuration(timeout); err != nil || o.Timeout <= 0 {
+		return nil, fmt.Errorf("--timeout %q: want a positive duration such as 5m or 90s", timeout)
+	}
+	if o.Profile, err = parseReady(c.readySpec); err != nil {
+		return nil, fmt.Errorf("--ready: %w", err)
+	}
+	// Negative or zero values the options would replace by defaults are
+	// mistakes on the command line.
+	if o.Nodes < 1 {
+		return nil, fmt.Errorf("--nodes %d: want 1 to 64", o.Nodes)
+	}
+	if o.Node.CPUs < 1 {
+		return nil, fmt.Errorf("--cpus %d: want at least 1", o.Node.CPUs)
+	}
+	if o.Node.MemoryMiB < 1 {
+		return nil, fmt.Errorf("--memory %d: want 128 to 65536 (MiB)", o.Node.MemoryMiB)
+	}
+	return c, nil
+}
+
+// parseSize reads "3GiB", "512MiB", "1048576".
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
+	num, mult := s, int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			num, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+	if err != nil || n <= 0 || n > (1<<50)/mult {
+		return 0, fmt.Errorf("size %q: want a positive number of bytes, optionally with KiB, MiB or GiB", s)
+	}
+	return n * mult, nil
+}
+
+// parseReady turns --ready into a profile.
+func parseReady(spec string) (cluster.Profile, error) {
+	kind, arg, _ := strings.Cut(spec, ":")
+	port := func(s string) (int, error) {
+		p, err := strconv.Atoi(s)
+		if err != nil || p < 1 || p > 65535 {
+			return 0, fmt.Errorf("%q: want a port from 1 to 65535", s)
+		}
+		return p, nil
+	}
+	switch kind {
+	case "testos":
+		return &profile.Profile{}, nil
+	case "grpc-health":
+		portStr, tlsOpt, _ := strings.Cut(arg, ":")
+		p, err := port(portStr)
+		if err != nil {
+			return nil, err
+		}
+		if tlsOpt != "" && tlsOpt != "tls" {
+			return nil, fmt.Errorf("%q: want grpc-health:PORT or grpc-health:PORT:tls", spec)
+		}
+		return cluster.GRPCHealthProfile{Port: p, TLS: tlsOpt == "tls"}, nil
+	case "tcp":
+		p, err := port(arg)
+		if err != nil {
+			return nil, err
+		}
+		return cluster.TCPProfile{Port: p}, nil
+	case "console":
+		re, err := regexp.Compile(arg)
+		if err != nil || arg == "" {
+			return nil, fmt.Errorf("console:%q: want a regular expression", arg)
+		}
+		return cluster.ConsoleProfile{Ready: re}, nil
+	}
+	return nil, fmt.Errorf("%q: want testos, grpc-health:PORT[:tls], tcp:PORT or console:REGEXP", spec)
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main without the exit, for tests.
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "cluster: %v\n", err)
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		fmt.Fprintf(stderr, "cluster: --log-level %q: want debug, info, warn or error\n", cfg.logLevel)
+		return 2
+	}
+	fancy := false
+	if f, ok := stderr.(*os.File); ok {
+		fancy = capableTerminal(f)
+	}
+	st := newStatus(stderr, fancy)
+	cfg.opts.Logger = slog.New(slog.NewTextHandler(lineWriter{st}, &slog.HandlerOptions{Level: level}))
+	cfg.opts.Progress = progressPrinter(st, cfg.opts.Nodes)
+
+	// The first SIGINT/SIGTERM cancels the launch or ends the wait; teardown
+	// follows. A second one is left to the default action.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	fmt.Fprintf(stderr, "Creating cluster with %d node(s) ...\n", cfg.opts.Nodes)
+	start := time.Now()
+	c, err := cluster.Launch(ctx, cfg.opts)
+	st.End(err == nil)
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(stderr, "Interrupted: everything started was torn down.")
+			return 0
+		}
+		fmt.Fprintf(stderr, "ERROR: %v\n", err)
+		var ne *cluster.NodeError
+		if errors.As(err, &ne) && len(ne.ConsoleTail) > 0 {
+			fmt.Fprintf(stderr, "Last console lines of %s (%s):\n", ne.Node, ne.SerialLog)
+			for _, l := range ne.ConsoleTail {
+				fmt.Fprintf(stderr, "  | %s\n", l)
+			}
+		}
+		return 1
+	}
+	sum := summarize(c, time.Since(start))
+	printSummary(stdout, sum)
+	if cfg.jsonPath != "" {
+		if err := writeJSON(cfg.jsonPath, sum); err != nil {
+			fmt.Fprintf(stderr, "ERROR: %v\n", err)
+			c.Close()
+			return 1
+		}
+	}
+	if !cfg.exitWhenReady {
+		fmt.Fprintln(stderr, "Press Ctrl-C to stop the cluster.")
+		<-ctx.Done()
+	}
+	stop()
+	t := time.Now()
+	st.Start("Tearing down")
+	err = c.Close()
+	st.End(err == nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "ERROR: teardown: %v\n", err)
+		return 1
+	}
+	slog.Debug("teardown", "took", time.Since(t))
+	return 0
+}
+
+// lineWriter sends log lines through the status printer so they never
+// interleave with a spinner frame.
+type lineWriter struct{ st *status }
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	w.st.Logf("%s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// progressPrinter turns cluster events into step lines.
+func progressPrinter(st *status, nodes int) func(cluster.Event) {
+	ready := 0
+	return func(e cluster.Event) {
+		switch e.Kind {
+		case cluster.StepStarted:
+			ready = 0
+			st.Start(e.Step)
+		case cluster.StepDone:
+			st.End(e.Err == nil)
+		case cluster.NodeReady:
+			ready++
+			st.Update(fmt.Sprintf("%s (%d/%d ready)", e.Step, ready, nodes))
+			st.Logf("   %s ready after %s", e.Node, e.Elapsed.Round(10*time.Millisecond))
+		}
+	}
+}
