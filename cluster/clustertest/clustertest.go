@@ -1,0 +1,123 @@
+// Package clustertest launches clusters for go test: Launch ties the
+// cluster's life to the test (t.Cleanup), logs progress through t.Logf, and
+// when the test fails attaches every node's console tail and the paths of
+// its logs and QEMU command line to the test output.
+//
+// Logs go to $TEST_UNDECLARED_OUTPUTS_DIR when Bazel sets it, else, when the
+// test fails, the state directory is kept so that they survive.
+package clustertest
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qcluster/qcluster/cluster"
+)
+
+// Launch launches a cluster for t and fails the test if it does not come up.
+// The cluster is closed when the test ends.
+func Launch(t testing.TB, opts cluster.Options) *cluster.Cluster {
+	t.Helper()
+	c, err := TryLaunch(t, opts)
+	if err != nil {
+		t.Fatalf("launch cluster: %v", err)
+	}
+	return c
+}
+
+// TryLaunch is Launch for tests that expect the launch to fail: it returns
+// the error instead of failing the test.
+func TryLaunch(t testing.TB, opts cluster.Options) (*cluster.Cluster, error) {
+	t.Helper()
+	if opts.LogDir == "" {
+		opts.LogDir = KeepLogsOnFailure(t)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	user := opts.Progress
+	opts.Progress = func(e cluster.Event) {
+		switch e.Kind {
+		case cluster.StepDone:
+			if e.Err != nil {
+				t.Logf("✗ %s (%s): %v", e.Step, e.Elapsed.Round(time.Millisecond), e.Err)
+			} else {
+				t.Logf("✓ %s (%s)", e.Step, e.Elapsed.Round(time.Millisecond))
+			}
+		case cluster.NodeReady:
+			t.Logf("  %s ready after %s", e.Node, e.Elapsed.Round(time.Millisecond))
+		}
+		if user != nil {
+			user(e)
+		}
+	}
+	ctx := context.Background()
+	if d, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if dl, ok := d.Deadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, dl.Add(-30*time.Second))
+			defer cancel()
+		}
+	}
+	c, err := cluster.Launch(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			Report(t, c)
+		}
+		start := time.Now()
+		if err := c.Close(); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+		t.Logf("cluster %s torn down in %s", c.Name, time.Since(start).Round(time.Millisecond))
+	})
+	return c, nil
+}
+
+// Report logs every node's state, log paths and console tail.
+func Report(t testing.TB, c *cluster.Cluster) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		t.Logf("%s (%s): %s; serial log %s; command line %s", n.Name, n.Address, n.State(), n.SerialLog, n.CommandLineFile)
+		for _, l := range n.ConsoleTail(40) {
+			t.Logf("  %s | %s", n.Name, l)
+		}
+	}
+}
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// KeepLogsOnFailure returns a directory for Options.LogDir that is removed
+// when the test passes and kept (and named in the test log) when it fails.
+// Under Bazel it returns "" so that cluster's default,
+// $TEST_UNDECLARED_OUTPUTS_DIR, applies.
+func KeepLogsOnFailure(t testing.TB) string {
+	t.Helper()
+	if d := os.Getenv("TEST_UNDECLARED_OUTPUTS_DIR"); d != "" {
+		return ""
+	}
+	dir, err := os.MkdirTemp("", "qcluster-logs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		} else {
+			t.Logf("node logs kept in %s", dir)
+		}
+	})
+	return dir
+}
