@@ -5,7 +5,9 @@
 //
 // Implementations: File (a regular file, kept sparse), Memory (a byte slice,
 // for tests and small images) and Section (a byte range of another device, so
-// a file-system writer can be handed a partition).
+// a file-system writer can be handed a partition). Copy and CopyBlob fill a
+// device from a file or any reader and report the Method that carried the
+// bytes; ParseSize and FormatSize read and print byte counts ("3GiB").
 //
 // Units and rules, common to every implementation:
 //   - Offsets and lengths are bytes; ranges are half-open [off, off+n).

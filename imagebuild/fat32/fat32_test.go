@@ -152,9 +152,7 @@ func TestTools(t *testing.T) {
 		}
 	}
 	// mtools shows the chosen time.
-	cmd := exec.Command("mdir", "-i", img, "::/EFI/BOOT")
-	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
-	if out, err := cmd.Output(); err != nil || !strings.Contains(string(out), "2024-02-29  13:37") {
+	if out, err := exec.Command("mdir", "-i", img, "::/EFI/BOOT").Output(); err != nil || !strings.Contains(string(out), "2024-02-29  13:37") {
 		t.Errorf("mdir ::/EFI/BOOT: %v: want the time 2024-02-29 13:37 in\n%s", err, out)
 	}
 }

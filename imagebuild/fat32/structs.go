@@ -23,8 +23,8 @@ type bootSector struct {
 	TotSec16   uint16  // 0 on FAT32
 	Media      uint8   // 0xF8: fixed disk
 	FATSz16    uint16  // 0 on FAT32
-	SecPerTrk  uint16  // legacy CHS geometry, informational
-	NumHeads   uint16  // legacy CHS geometry, informational
+	SecPerTrk  uint16  // legacy CHS geometry: 32, which divides every whole-MiB size (mtools checks)
+	NumHeads   uint16  // legacy CHS geometry: 64, informational
 	HiddSec    uint32  // sectors before the volume on its disk
 	TotSec32   uint32  // sectors in the volume
 	FATSz32    uint32  // sectors per FAT

@@ -84,9 +84,6 @@ func Files(t testing.TB, img string, off int64) map[string][]byte {
 	needs.Tool(t, "mcopy", "mtools")
 	dir := t.TempDir()
 	cmd := exec.Command("mcopy", "-s", "-i", img+"@@"+strconv.FormatInt(off, 10), "::*", dir+"/")
-	// mtools compares the BPB's legacy CHS geometry with the size; FAT32
-	// drivers do not care, and neither does the test.
-	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
 	}
