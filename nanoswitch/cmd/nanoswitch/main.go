@@ -1,0 +1,268 @@
+// Command nanoswitch runs one cluster's virtual network (package
+// nanoswitch) as a helper process: a port socket per node, DHCP, DNS,
+// SOCKS5 for the host, and the gRPC control API on a UNIX socket.
+//
+// Once it serves it writes a ready file (JSON, nanoswitch.Ready) naming the
+// control socket, the SOCKS5 address and the credentials file. It stops on
+// SIGTERM or SIGINT, when its parent dies (PR_SET_PDEATHSIG, set on itself
+// at start), and, when its stdin is a pipe or a socket, when that reaches
+// end of file: a launcher keeps the write end of a pipe to its stdin, so
+// the switch follows it even where the death signal does not fire (the
+// signal follows the parent thread, not the parent process). A terminal or
+// /dev/null on stdin is not watched. On the way out it removes its sockets,
+// the ready file and the credentials file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/qcluster/qcluster/nanoswitch"
+)
+
+func init() {
+	// Keep main on the process's first thread: PR_SET_PDEATHSIG is a
+	// property of the thread that sets it.
+	runtime.LockOSThread()
+}
+
+const usage = `Usage: nanoswitch --dir DIR [flags]
+
+Runs a cluster's virtual switch until SIGTERM, the death of its parent, or
+end of file on its stdin (when stdin is a pipe). Node i (in --node order)
+gets the static lease 10.42.0.(10+i) (with the default subnet) and a port
+socket DIR/NAME.sock; DNS resolves NAME and NAME.CLUSTER.qcluster.test.
+
+Flags:
+`
+
+const example = `
+Example: two VMs by hand (the MACs are in DIR/ready.json when not given):
+
+  nanoswitch --dir /tmp/ns --cluster demo \
+      --node node0=52:54:00:00:00:10 --node node1=52:54:00:00:00:11 &
+  qemu-system-x86_64 -machine q35 -accel tcg -m 512 -nodefaults -display none \
+      -serial stdio -kernel vmlinuz -initrd initrd.img -append console=ttyS0 \
+      -device virtio-rng-pci \
+      -netdev stream,id=n0,server=off,addr.type=unix,addr.path=/tmp/ns/node0.sock \
+      -device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:10
+  # the same for node1 with node1.sock and its MAC; then, from the host:
+  curl --proxy "socks5h://$(cat /tmp/ns/socks.credentials)@$(jq -r .socks_address /tmp/ns/ready.json)" \
+      http://node0:8080/
+`
+
+// nodeFlags collects --node NAME[=MAC].
+type nodeFlags []struct {
+	name string
+	mac  net.HardwareAddr
+}
+
+func (n *nodeFlags) String() string { return "" }
+
+func (n *nodeFlags) Set(v string) error {
+	name, macStr, hasMAC := strings.Cut(v, "=")
+	var mac net.HardwareAddr
+	if hasMAC {
+		var err error
+		if mac, err = net.ParseMAC(macStr); err != nil {
+			return err
+		}
+	}
+	*n = append(*n, struct {
+		name string
+		mac  net.HardwareAddr
+	}{name, mac})
+	return nil
+}
+
+type options struct {
+	dir, cluster, domain, readyFile, logLevel string
+	subnet                                    string
+	nodes                                     nodeFlags
+	socks, allowOutbound, pcap                bool
+}
+
+func main() {
+	var o options
+	fl := flag.NewFlagSet("nanoswitch", flag.ContinueOnError)
+	fl.Usage = func() {
+		fmt.Fprint(fl.Output(), usage)
+		fl.PrintDefaults()
+		fmt.Fprint(fl.Output(), example)
+	}
+	fl.StringVar(&o.dir, "dir", "", "state `directory` (created 0700): port sockets, control.sock, ready.json, socks.credentials; keep it short (socket paths are limited to 107 bytes)")
+	fl.StringVar(&o.cluster, "cluster", "qcluster", "cluster `name`")
+	fl.StringVar(&o.domain, "domain", "", "DNS `domain` of the nodes (default CLUSTER.qcluster.test)")
+	fl.StringVar(&o.subnet, "subnet", "10.42.0.0/24", "IPv4 `prefix` of the cluster network; the gateway is its first host")
+	fl.Var(&o.nodes, "node", "a node `NAME[=MAC]`, repeatable; without a MAC one is derived from the cluster name and position")
+	fl.BoolVar(&o.socks, "socks", true, "serve SOCKS5 on 127.0.0.1 (ephemeral port) with generated credentials")
+	fl.BoolVar(&o.allowOutbound, "allow-outbound", false, "let guests reach the host's networks and resolver (default: hermetic)")
+	fl.BoolVar(&o.pcap, "pcap", false, "capture every port's traffic to DIR/pcap/PORT.pcap")
+	fl.StringVar(&o.readyFile, "ready-file", "", "where to write the ready JSON (default DIR/ready.json)")
+	fl.StringVar(&o.logLevel, "log-level", "info", "log `level` on stderr: debug, info, warn, error")
+	fl.SetOutput(io.Discard) // errors are reported below, in one line
+	if err := fl.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fl.SetOutput(os.Stdout)
+			fl.Usage()
+			return
+		}
+		fmt.Fprintf(os.Stderr, "nanoswitch: %v (see --help)\n", err)
+		os.Exit(2)
+	}
+	if fl.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "nanoswitch: unexpected arguments %q (see --help)\n", fl.Args())
+		os.Exit(2)
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintf(os.Stderr, "nanoswitch: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: %w", o.logLevel, err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if o.dir == "" {
+		return errors.New("--dir is required (see --help)")
+	}
+	subnet, err := netip.ParsePrefix(o.subnet)
+	if err != nil {
+		return fmt.Errorf("--subnet: %w", err)
+	}
+	names := make([]string, len(o.nodes))
+	for i, n := range o.nodes {
+		names[i] = n.name
+	}
+	leases, err := nanoswitch.PlanLeases(o.cluster, subnet, names)
+	if err != nil {
+		return err
+	}
+	for i, n := range o.nodes {
+		if n.mac != nil {
+			leases[i].MAC = n.mac
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if err := followParent(cancel); err != nil {
+		return err
+	}
+
+	cfg := nanoswitch.Config{
+		Name:          o.cluster,
+		Domain:        o.domain,
+		Subnet:        subnet,
+		Leases:        leases,
+		Dir:           o.dir,
+		ControlSocket: filepath.Join(o.dir, "control.sock"),
+		AllowOutbound: o.allowOutbound,
+		SOCKS:         o.socks,
+		Logger:        log,
+	}
+	if o.pcap {
+		cfg.PcapDir = filepath.Join(o.dir, "pcap")
+	}
+	if _, err := os.Stat(o.dir); errors.Is(err, fs.ErrNotExist) {
+		defer os.Remove(o.dir) // only if empty: captures stay
+	}
+	if err := os.MkdirAll(o.dir, 0o700); err != nil {
+		return err
+	}
+	sw, err := nanoswitch.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer sw.Close()
+
+	ready := nanoswitch.Ready{
+		PID: os.Getpid(), Cluster: o.cluster, Domain: sw.Domain(), Subnet: sw.Subnet().String(),
+		Gateway: sw.Gateway().String(), ControlSocket: cfg.ControlSocket,
+	}
+	for _, l := range leases {
+		path, err := sw.AddPort(l.Hostname, l.MAC)
+		if err != nil {
+			return err
+		}
+		ready.Ports = append(ready.Ports, nanoswitch.ReadyPort{
+			Name: l.Hostname, MAC: l.MAC.String(), Address: l.Addr.String(), Hostname: l.Hostname, Socket: path})
+		log.Info("node", "name", l.Hostname, "mac", l.MAC.String(), "addr", l.Addr, "socket", path)
+	}
+	var created []string
+	defer func() {
+		for _, p := range created {
+			_ = os.Remove(p)
+		}
+	}()
+	if info, ok := sw.SOCKS(); ok {
+		ready.SOCKSAddress = info.Addr.String()
+		ready.CredentialsFile = filepath.Join(o.dir, "socks.credentials")
+		if err := nanoswitch.WriteCredentials(ready.CredentialsFile, info.Username, info.Password); err != nil {
+			return err
+		}
+		created = append(created, ready.CredentialsFile)
+	}
+	readyFile := o.readyFile
+	if readyFile == "" {
+		readyFile = filepath.Join(o.dir, "ready.json")
+	}
+	if err := nanoswitch.WriteReady(readyFile, ready); err != nil {
+		return err
+	}
+	created = append(created, readyFile)
+	log.Info("ready", "file", readyFile, "socks", ready.SOCKSAddress, "control", ready.ControlSocket)
+
+	<-ctx.Done()
+	log.Info("stopping", "why", context.Cause(ctx))
+	return sw.Close()
+}
+
+// errParentGone ends the switch when the process that started it is gone.
+var errParentGone = errors.New("parent process gone")
+
+// followParent arranges for stop to be called when the parent dies: a
+// death signal (SIGTERM, which the signal context turns into a stop), and,
+// when stdin is a pipe or socket, its end of file.
+func followParent(stop context.CancelCauseFunc) error {
+	if ppid := os.Getppid(); ppid != 1 {
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGTERM), 0, 0, 0); err != nil {
+			return fmt.Errorf("set parent death signal: %w", err)
+		}
+		if os.Getppid() != ppid { // died before the signal was armed
+			return errParentGone
+		}
+	}
+	fi, err := os.Stdin.Stat()
+	if err != nil {
+		return nil // no stdin at all: nothing to watch
+	}
+	if t := fi.Mode().Type(); t&(os.ModeNamedPipe|os.ModeSocket) == 0 {
+		return nil
+	}
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		stop(fmt.Errorf("stdin closed: %w", errParentGone))
+	}()
+	return nil
+}
