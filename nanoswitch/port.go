@@ -123,9 +123,9 @@ func (p *port) attach(conn net.Conn) error {
 // nil, and sink, which the writer goroutine hands queued frames to.
 func (p *port) attachLink(conn net.Conn, sink func(bufs [][]byte) error) error {
 	l := &link{
-		p:    p,
-		conn: conn,
-		sink: sink,
+		p:       p,
+		conn:    conn,
+		sink:    sink,
 		q:       make(chan qframe, p.sw.cfg.QueueLength),
 		done:    make(chan struct{}),
 		stopped: make(chan struct{}),

@@ -39,9 +39,9 @@ type Switch struct {
 	byName map[string]*port
 	wg     sync.WaitGroup // every goroutine the switch started
 
-	ports atomic.Pointer[[]*port] // every port, for flooding; replaced whole
-	macMu sync.RWMutex
-	macs  map[macKey]macEntry
+	ports  atomic.Pointer[[]*port] // every port, for flooding; replaced whole
+	macMu  sync.RWMutex
+	macs   map[macKey]macEntry
 	gw     *port
 	gwLink *link // the gateway's only link, which never changes
 	gwMAC  macKey
