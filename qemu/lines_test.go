@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestLineSplitter(t *testing.T) {
@@ -60,4 +61,47 @@ func TestLineRing(t *testing.T) {
 	if got := r.tail(2); !slices.Equal(got, []string{"4", "5"}) {
 		t.Errorf("tail(2) %q", got)
 	}
+}
+
+// FuzzConsoleLines: whatever the guest prints, logged lines are valid UTF-8
+// without control characters other than tab, no line exceeds maxLine bytes
+// of input, and no byte other than line ends is lost.
+func FuzzConsoleLines(f *testing.F) {
+	f.Add([]byte("a\r\nb\x1b[0m\n\xff\x00"), 3)
+	f.Add([]byte("\r\r\n\n"), 1)
+	f.Fuzz(func(t *testing.T, data []byte, chunk int) {
+		if chunk < 1 {
+			chunk = 1
+		}
+		var s lineSplitter
+		kept := 0
+		check := func(raw []byte) {
+			if len(raw) > maxLine {
+				t.Fatalf("line of %d bytes", len(raw))
+			}
+			kept += len(raw)
+			line := sanitize(raw)
+			if !utf8.ValidString(line) {
+				t.Fatalf("invalid UTF-8 in %q", line)
+			}
+			for _, r := range line {
+				if (r < 0x20 && r != '\t') || r == 0x7f {
+					t.Fatalf("control character %U in %q", r, line)
+				}
+			}
+		}
+		for i := 0; i < len(data); i += chunk {
+			s.write(data[i:min(i+chunk, len(data))], check)
+		}
+		kept += len(s.partial)
+		ends := 0
+		for _, b := range data {
+			if b == '\r' || b == '\n' {
+				ends++
+			}
+		}
+		if kept != len(data)-ends {
+			t.Fatalf("kept %d bytes of %d with %d line ends", kept, len(data), ends)
+		}
+	})
 }

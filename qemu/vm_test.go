@@ -639,3 +639,53 @@ func TestEveryDevice(t *testing.T) {
 		t.Errorf("Wait = %v, %v; want quit", exit, err)
 	}
 }
+
+// BenchmarkBoot measures QEMU exec → marker for the direct-boot marker guest
+// under TCG, supervised and, as the baseline, QEMU run by hand with its
+// serial port on stdout.
+func BenchmarkBoot(b *testing.B) {
+	bin := needs.Tool(b, "qemu-system-x86_64", "qemu-system-x86")
+	g := testvm.Build(b, testvm.Options{Main: "./testdata/marker", Modules: []string{"button", "evdev"}})
+	k := &KernelBoot{Kernel: g.Kernel, Initrd: g.Initrd, Append: g.Append}
+	ctx := context.Background()
+	b.Run("supervised", func(b *testing.B) {
+		for b.Loop() {
+			v, err := New(Machine{Name: "bench", Accel: AccelTCG, Kernel: k},
+				Options{Dir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := v.Start(ctx); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := v.Console().WaitFor(ctx, markerRE); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			v.Close()
+			b.StartTimer()
+		}
+	})
+	b.Run("plain", func(b *testing.B) {
+		for b.Loop() {
+			cmd := exec.Command(bin, "-machine", "q35,accel=tcg", "-m", "512M", "-nodefaults", "-no-user-config",
+				"-display", "none", "-no-reboot", "-device", "virtio-rng-pci", "-serial", "stdio",
+				"-kernel", k.Kernel, "-initrd", k.Initrd, "-append", k.Append)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			s := bufio.NewScanner(out)
+			for s.Scan() && !markerRE.MatchString(strings.TrimRight(s.Text(), "\r")) {
+			}
+			b.StopTimer()
+			cmd.Process.Kill()
+			cmd.Wait()
+			b.StartTimer()
+		}
+	})
+}
