@@ -1,12 +1,14 @@
 # qcluster: the two commands a new user needs are `make cluster` and `make test`.
 # Everything else is a step they call. Targets install what they need.
 
-GO        ?= go
-OUT       ?= out
+GO          ?= go
+OUT         ?= out
 GOTESTFLAGS ?=
-FUZZTIME  ?= 10s
+FUZZTIME    ?= 10s
+# Flags for `make cluster`, e.g. make cluster ARGS="--nodes 5"
+ARGS        ?=
 
-.PHONY: all deps fetch image test unit fuzz bench cluster lint generate clean
+.PHONY: all deps fetch image tools test unit e2e fuzz bench bench-disk bench-launch cluster lint gazelle generate clean
 
 all: test
 
@@ -20,29 +22,58 @@ fetch: deps
 
 ## image: build the default OS image into out/testos and the loader into out/loader.efi
 image: fetch
-	$(GO) run ./testos/build --out $(OUT)
+	@$(GO) run ./testos/build --out $(OUT)
 
-## test: everything CI runs: vet, unit and end-to-end tests, short fuzz runs
-test: deps image
+## tools: the helper binaries the launcher runs (nanoswitch) and the launcher itself
+tools:
+	@$(GO) build -o $(OUT)/bin/nanoswitch ./nanoswitch/cmd/nanoswitch
+	@$(GO) build -o $(OUT)/bin/cluster ./launch
+
+## test: everything CI runs: vet, lint, unit and end-to-end tests, short fuzz runs
+test: deps image tools
 	$(GO) vet ./...
-	$(GO) test -timeout 25m $(GOTESTFLAGS) ./...
-	@$(MAKE) --no-print-directory fuzz
+	@./scripts/lint.sh
+	$(GO) test -timeout 28m $(GOTESTFLAGS) ./...
+	@./scripts/fuzz.sh $(FUZZTIME)
+
+## unit: the tests that boot no VM (go test -short)
+unit: deps
+	$(GO) test -short $(GOTESTFLAGS) ./...
+
+## e2e: the end-to-end suites alone
+e2e: deps image tools
+	$(GO) test -timeout 28m -v $(GOTESTFLAGS) ./e2e/...
 
 ## fuzz: run every fuzz target for FUZZTIME
 fuzz:
 	@./scripts/fuzz.sh $(FUZZTIME)
 
 ## bench: every benchmark, as ratios against baselines measured in the same run
-bench: deps image
+bench: deps image tools
 	@./scripts/bench.sh
 
+bench-disk: deps image tools
+	@./scripts/bench-disk.sh
+
+bench-launch: deps image tools
+	@./scripts/bench-launch.sh
+
 ## cluster: launch the default 3-node cluster (Ctrl-C stops it)
-cluster: deps image
-	$(GO) run ./launch
+cluster: deps image tools
+	@echo "Launching; press Ctrl-C to stop the cluster and remove its state."
+	@$(OUT)/bin/cluster $(ARGS)
 
 ## lint: gazelle and buildifier checks for the Bazel side
 lint:
 	@./scripts/lint.sh
+
+## gazelle: regenerate BUILD.bazel files and MODULE.bazel's use_repo after Go changes
+gazelle:
+	@./scripts/gazelle.sh
+
+## generate: regenerate committed generated code (protobuf)
+generate:
+	$(GO) generate ./testos/... ./nanoswitch/...
 
 clean:
 	rm -rf $(OUT)

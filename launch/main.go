@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -89,6 +90,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flags only; see --help)", fs.Arg(0))
+	}
+	// `bazel run` starts us in the runfiles tree; paths the user typed are
+	// relative to where they typed them.
+	if wd := os.Getenv("BUILD_WORKING_DIRECTORY"); wd != "" {
+		for _, p := range []*string{&o.Image, &o.Loader, &o.StateDir, &o.QEMU, &o.Swtpm, &o.FirmwareCode, &o.FirmwareVars, &c.jsonPath} {
+			if *p != "" && !filepath.IsAbs(*p) {
+				*p = filepath.Join(wd, *p)
+			}
+		}
 	}
 	size, err := parseSize(disk)
 	if err != nil {

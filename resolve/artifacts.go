@@ -53,3 +53,24 @@ func Nanoswitch(explicit string) Spec {
 		Env: "QCLUSTER_NANOSWITCH", Commands: []string{"nanoswitch"}, Paths: []string{"out/bin/nanoswitch"},
 		Hint: "run make (it builds out/bin/nanoswitch) or go build -o out/bin/nanoswitch ./nanoswitch/cmd/nanoswitch"}
 }
+
+// OVMFCode is the UEFI firmware code without secure boot (Bazel's copy; on
+// the host, qemu.FindOVMF reads QEMU's firmware descriptors).
+func OVMFCode(explicit string) Spec {
+	return Spec{What: "UEFI firmware code (OVMF_CODE_4M.fd)", Explicit: explicit,
+		Runfile: "debian_ovmf/usr/share/OVMF/OVMF_CODE_4M.fd", Env: "QCLUSTER_OVMF_CODE"}
+}
+
+// OVMFVars is the UEFI variable store template matching OVMFCode.
+func OVMFVars(explicit string) Spec {
+	return Spec{What: "UEFI vars template (OVMF_VARS_4M.fd)", Explicit: explicit,
+		Runfile: "debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.fd", Env: "QCLUSTER_OVMF_VARS"}
+}
+
+// Stub is the systemd EFI stub a UKI is built on.
+func Stub(explicit string) Spec {
+	return Spec{What: "EFI stub (linuxx64.efi.stub)", Explicit: explicit,
+		Runfile: "debian_systemd_boot/usr/lib/systemd/boot/efi/linuxx64.efi.stub", Env: "QCLUSTER_STUB",
+		Paths: []string{"third_party/cache/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+			"/usr/lib/systemd/boot/efi/linuxx64.efi.stub"}, Hint: "run make fetch"}
+}

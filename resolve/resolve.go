@@ -42,7 +42,7 @@ type Spec struct {
 	What string
 	// Explicit is a path given by the caller; empty means none.
 	Explicit string
-	// Runfile is the runfiles path under Bazel, e.g. "qcluster/out/testos".
+	// Runfile is the runfiles path under Bazel, e.g. "qcluster/testos/image".
 	Runfile string
 	// Env is an environment variable that may hold the path.
 	Env string
