@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/kballard/go-shellquote"
+
+	"github.com/qcluster/qcluster/internal/child"
 )
 
 // debianPackage names the Debian package that ships each program this
@@ -111,19 +112,7 @@ func (t *tail) String() string {
 	return string(t.buf)
 }
 
-// childAttr makes a child die with its parent and gives it its own process
-// group (so a terminal's Ctrl-C reaches the launcher alone, and a group kill
-// reaches the child's own children, e.g. the swtpm that swtpm_setup runs).
-//
-// Pdeathsig is tied to the OS thread that forked the child, not to the
-// process: the child gets SIGKILL when that thread exits. Go can end a thread
-// whose goroutine exits while locked to it, so spawn forks from a goroutine
-// locked to its thread that stays alive, waiting, for the child's whole life.
-func childAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-}
-
-// pidNamespaceAttr is childAttr plus a new PID namespace, with the child as
+// pidNamespaceAttr is child.Attr plus a new PID namespace, with the child as
 // its init: when the child dies, the kernel kills everything else in the
 // namespace. swtpm_setup needs this, since Pdeathsig cannot reach the swtpm it
 // starts: glib's spawn double-forks, so that swtpm is reparented to init at
@@ -132,7 +121,7 @@ func childAttr() *syscall.SysProcAttr {
 // Without root, a user namespace mapping only the caller's own ids makes the
 // PID namespace possible where unprivileged user namespaces are allowed.
 func pidNamespaceAttr() *syscall.SysProcAttr {
-	a := childAttr()
+	a := child.Attr()
 	a.Cloneflags = syscall.CLONE_NEWPID
 	if uid, gid := os.Geteuid(), os.Getegid(); uid != 0 {
 		a.Cloneflags |= syscall.CLONE_NEWUSER
@@ -140,33 +129,6 @@ func pidNamespaceAttr() *syscall.SysProcAttr {
 		a.GidMappings = []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}}
 	}
 	return a
-}
-
-// spawn starts cmd from a goroutine locked to its OS thread and waits for it
-// on that same goroutine, so the thread that Pdeathsig watches lives exactly as
-// long as the child. cmd.SysProcAttr defaults to childAttr(). The returned
-// channel yields cmd.Wait's result once.
-func spawn(cmd *exec.Cmd) (<-chan error, error) {
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = childAttr()
-	}
-	started := make(chan error, 1)
-	waited := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: when this goroutine returns, the child has been
-		// reaped, and letting the runtime retire the thread is harmless.
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		waited <- cmd.Wait()
-	}()
-	if err := <-started; err != nil {
-		return nil, err
-	}
-	return waited, nil
 }
 
 // killGroup sends SIGKILL to the process group led by pid, which reaches the

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/qcluster/qcluster/internal/child"
 )
 
 const (
@@ -226,7 +228,7 @@ func runTool(ctx context.Context, log *slog.Logger, argv []string, env []string)
 		waited <-chan error
 		err    error
 	)
-	for _, attr := range []*syscall.SysProcAttr{pidNamespaceAttr(), childAttr()} {
+	for _, attr := range []*syscall.SysProcAttr{pidNamespaceAttr(), child.Attr()} {
 		cmd = exec.Command(argv[0], argv[1:]...)
 		cmd.Env = env
 		cmd.Stdout = &out
@@ -235,7 +237,7 @@ func runTool(ctx context.Context, log *slog.Logger, argv []string, env []string)
 		// A grandchild that outlived its parent and still holds the output
 		// pipe must not hang Wait.
 		cmd.WaitDelay = time.Second
-		if waited, err = spawn(cmd); err == nil {
+		if waited, err = child.Start(cmd); err == nil {
 			break
 		}
 		if attr.Cloneflags != 0 {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/kballard/go-shellquote"
+	"github.com/qcluster/qcluster/internal/child"
 )
 
 // maxSocketPath is the longest UNIX socket path: sun_path holds 108 bytes
@@ -193,7 +194,7 @@ func (t *TPM) spawn(opts Options) error {
 	if opts.LogLevel > 0 {
 		t.cmd.ExtraFiles = []*os.File{w} // fd 3
 	}
-	waited, err := spawn(t.cmd)
+	waited, err := child.Start(t.cmd)
 	w.Close() // the child holds its own copies
 	if err != nil {
 		r.Close()
