@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 	"github.com/kballard/go-shellquote"
 	"golang.org/x/sys/unix"
 
+	"github.com/qcluster/qcluster/internal/child"
 	"github.com/qcluster/qcluster/qemu/qmp"
 	"github.com/qcluster/qcluster/resolve"
 )
@@ -185,11 +185,8 @@ func New(m Machine, opts Options) (*VM, error) {
 // guest ends it or Close. A second Start returns an error.
 //
 // QEMU runs in its own process group (a terminal's Ctrl-C does not reach it)
-// and gets SIGKILL when the thread that started it exits (Pdeathsig). Go
-// threads outlive the process except when a goroutine exits while locked to
-// one, so Start execs QEMU from a goroutine of its own that locks its thread
-// and stays on it, blocked in wait(2), until QEMU has exited: the thread then
-// lives exactly as long as the child, and dies with the supervisor.
+// and gets SIGKILL when the supervisor dies (internal/child explains how the
+// death signal is kept tied to the process, not to one of its threads).
 func (v *VM) Start(ctx context.Context) error {
 	err := fmt.Errorf("start machine %s: already started", v.m.Name)
 	v.stateMu.Lock()
@@ -321,25 +318,16 @@ func (v *VM) start(ctx context.Context) (err error) {
 	cmd.Dir = v.opts.Dir
 	cmd.Stdout, cmd.Stderr = v.stderr, v.stderr
 	cmd.ExtraFiles = append([]*os.File{serialTheirs, qmpTheirs}, nicFiles...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// QEMU's stderr copier may be held open by a stray child; do not wait for it forever.
 	cmd.WaitDelay = 5 * time.Second
 	v.cmd = cmd
 
-	startErr := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: see Start's comment
-		v.execAt = time.Now()
-		if err := cmd.Start(); err != nil {
-			startErr <- err
-			return
-		}
-		startErr <- nil
-		v.finish(cmd.Wait())
-	}()
-	if err := <-startErr; err != nil {
+	v.execAt = time.Now()
+	waited, err := child.Start(cmd) // own process group, Pdeathsig: see Start's comment
+	if err != nil {
 		return wrap("exec "+bin, err)
 	}
+	go func() { v.finish(<-waited) }()
 	// From here on the process exists: it is always waited for. Failures
 	// below kill it and wait, so that nothing outlives a failed Start.
 	serialTheirs.Close()
