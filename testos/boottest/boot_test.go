@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
+	"crypto/tls"
 	"encoding/hex"
 	"os"
 	"strconv"
@@ -13,16 +13,18 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/qcluster/qcluster/imagebuild/gpt"
+	"github.com/qcluster/qcluster/swtpm"
 	"github.com/qcluster/qcluster/testos/api"
 )
 
 // bootNode boots one node named name with a fresh disk and parameters and
 // waits for its ready line. It returns the VM, a gRPC connection (mTLS, test
 // CA) and the time from QEMU's start to the ready line.
-func bootNode(t *testing.T, name string, withTPM bool) (*vm, *grpc.ClientConn, time.Duration) {
+func bootNode(t *testing.T, name string, withTPM bool) (*vm, *grpc.ClientConn, *swtpm.CA, time.Duration) {
 	t.Helper()
 	prerequisites(t)
 	dir := t.TempDir()
@@ -36,8 +38,9 @@ func bootNode(t *testing.T, name string, withTPM bool) (*vm, *grpc.ClientConn, t
 		Tls:         &api.TLS{CaCertPem: ca.pem, CertPem: certPEM, KeyPem: keyPEM},
 	})
 	o := vmOptions{disk: diskPath, params: params, hostPort: freePort(t), guestPort: api.DefaultListenPort}
+	var tpmCA *swtpm.CA
 	if withTPM {
-		o.tpmSocket = startTPM(t, dir)
+		o.tpmSocket, tpmCA = startTPM(t, dir)
 	}
 	v := startVM(t, dir, o)
 	line, took, err := v.waitLine(api.ReadyPrefix, 0, bootDeadline)
@@ -47,7 +50,7 @@ func bootNode(t *testing.T, name string, withTPM bool) (*vm, *grpc.ClientConn, t
 	if want := api.ReadyPrefix + "node=" + name + " addr=10.0.2.15"; line != want {
 		t.Errorf("ready line %q, want %q", line, want)
 	}
-	return v, ca.dial(t, "127.0.0.1:"+strconv.Itoa(o.hostPort), name), took
+	return v, ca.dial(t, "127.0.0.1:"+strconv.Itoa(o.hostPort), name), tpmCA, took
 }
 
 func status(t *testing.T, conn *grpc.ClientConn) *api.StatusResponse {
@@ -64,7 +67,7 @@ func status(t *testing.T, conn *grpc.ClientConn) *api.StatusResponse {
 // TestBootWithTPM boots a node with a swtpm TPM and checks what it reports:
 // slot A, verity OK, DATA formatted, the TPM with its EK certificate.
 func TestBootWithTPM(t *testing.T) {
-	_, conn, took := bootNode(t, "node1", true)
+	_, conn, tpmCA, took := bootNode(t, "node1", true)
 	t.Logf("QEMU start → ready line, with TPM: %v", took.Round(10*time.Millisecond))
 	st := status(t, conn)
 	t.Logf("agent ready at %d ms after kernel start", st.GetReadyMs())
@@ -104,9 +107,9 @@ func TestBootWithTPM(t *testing.T) {
 	if !tpm.GetPresent() || tpm.GetError() != "" {
 		t.Fatalf("tpm: present %v, error %q", tpm.GetPresent(), tpm.GetError())
 	}
-	cert, err := x509.ParseCertificate(tpm.GetEkCertificateDer())
+	cert, err := tpmCA.VerifyEK(tpm.GetEkCertificateDer())
 	if err != nil {
-		t.Fatalf("EK certificate: %v", err)
+		t.Fatalf("EK certificate read by the guest: %v", err)
 	}
 	if !tpm.GetEkCertificateMatches() {
 		t.Error("the EK certificate's key is not the EK's")
@@ -149,7 +152,7 @@ func TestBootWithTPM(t *testing.T) {
 // TestBootRebootWithoutTPM boots without a TPM, keeps a file on DATA across
 // a Reboot and powers off through the Management API.
 func TestBootRebootWithoutTPM(t *testing.T) {
-	v, conn, took := bootNode(t, "node2", false)
+	v, conn, _, took := bootNode(t, "node2", false)
 	t.Logf("QEMU start → ready line, without TPM: %v", took.Round(10*time.Millisecond))
 	st := status(t, conn)
 	t.Logf("agent ready at %d ms after kernel start", st.GetReadyMs())
@@ -261,4 +264,34 @@ func containsPrefix(list []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// TestBootBare boots without parameters and without a TPM, as a bare QEMU
+// would: the node names itself after its MAC address and serves with a
+// self-signed certificate.
+func TestBootBare(t *testing.T) {
+	prerequisites(t)
+	dir := t.TempDir()
+	o := vmOptions{disk: makeDisk(t, dir, "bare"), hostPort: freePort(t), guestPort: api.DefaultListenPort}
+	v := startVM(t, dir, o)
+	line, took, err := v.waitLine(api.ReadyPrefix, 0, bootDeadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("QEMU start → ready line, bare: %v", took.Round(10*time.Millisecond))
+	// QEMU's first NIC has MAC 52:54:00:12:34:56.
+	if want := api.ReadyPrefix + "node=node-525400123456 addr=10.0.2.15"; line != want {
+		t.Errorf("ready line %q, want %q", line, want)
+	}
+	conn, err := grpc.NewClient("127.0.0.1:"+strconv.Itoa(o.hostPort),
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	st := status(t, conn)
+	if st.GetNodeName() != "node-525400123456" || st.GetHostname() != "node-525400123456" || st.GetRole() != api.Role_ROLE_BOOTSTRAP ||
+		st.GetVerity().GetState() != api.Verity_STATE_OK {
+		t.Errorf("status: name %q host %q role %v verity %v", st.GetNodeName(), st.GetHostname(), st.GetRole(), st.GetVerity())
+	}
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/qcluster/qcluster/imagebuild/osimage"
 	"github.com/qcluster/qcluster/internal/needs"
 	"github.com/qcluster/qcluster/resolve"
+	"github.com/qcluster/qcluster/swtpm"
 	"github.com/qcluster/qcluster/testos/api"
 )
 
@@ -206,63 +207,27 @@ func writeParams(t *testing.T, dir string, p *api.Parameters) string {
 }
 
 // startTPM manufactures a TPM (EK and platform certificates from a local CA
-// of its own) and runs swtpm on a UNIX control socket in dir.
-func startTPM(t *testing.T, dir string) string {
+// of its own) and runs swtpm on a UNIX control socket in dir. It returns the
+// socket and the CA the EK certificate must chain to.
+func startTPM(t *testing.T, dir string) (string, *swtpm.CA) {
 	t.Helper()
-	state := filepath.Join(dir, "tpm")
-	ca := filepath.Join(dir, "tpmca")
-	for _, d := range []string{state, ca} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	files := map[string]string{
-		"swtpm-localca.conf":    fmt.Sprintf("statedir = %[1]s\nsigningkey = %[1]s/signkey.pem\nissuercert = %[1]s/issuercert.pem\ncertserial = %[1]s/certserial\n", ca),
-		"swtpm-localca.options": "--platform-manufacturer qcluster\n--platform-version 2.1\n--platform-model QEMU\n",
-	}
-	files["swtpm_setup.conf"] = fmt.Sprintf("create_certs_tool = swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\nactive_pcr_banks = sha256\n",
-		filepath.Join(dir, "swtpm-localca.conf"), filepath.Join(dir, "swtpm-localca.options"))
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	setup := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", state, "--create-ek-cert", "--create-platform-cert",
-		"--config", filepath.Join(dir, "swtpm_setup.conf"), "--overwrite")
-	if out, err := setup.CombinedOutput(); err != nil {
-		t.Fatalf("%v: %v\n%s", setup.Args, err, out)
-	}
-	sock := filepath.Join(dir, "swtpm.sock")
-	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+state,
-		"--ctrl", "type=unixio,path="+sock, "--terminate")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ca, err := swtpm.NewCA(ctx, filepath.Join(dir, "tpm-ca"), swtpm.CAOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	// Wait for the control socket: swtpm creates it before serving.
-	watch := time.NewTicker(10 * time.Millisecond)
-	defer watch.Stop()
-	deadline := time.After(10 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			return sock
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("swtpm exited before creating %s: %v\n%s", sock, err, stderr.String())
-		case <-deadline:
-			t.Fatalf("swtpm did not create %s within 10 s", sock)
-		case <-watch.C:
-		}
+	m, err := ca.Manufacture(ctx, filepath.Join(dir, "tpm"), swtpm.ManufactureOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
+	sock := filepath.Join(dir, "swtpm.sock")
+	tpm, err := swtpm.Start(ctx, swtpm.Options{StateDir: m.StateDir, CtrlSocket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tpm.Close() })
+	return sock, ca
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
