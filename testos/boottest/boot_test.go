@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/qcluster/qcluster/imagebuild/gpt"
+	"github.com/qcluster/qcluster/qemu"
 	"github.com/qcluster/qcluster/swtpm"
 	"github.com/qcluster/qcluster/testos/api"
 )
@@ -24,7 +26,7 @@ import (
 // bootNode boots one node named name with a fresh disk and parameters and
 // waits for its ready line. It returns the VM, a gRPC connection (mTLS, test
 // CA) and the time from QEMU's start to the ready line.
-func bootNode(t *testing.T, name string, withTPM bool) (*vm, *grpc.ClientConn, *swtpm.CA, time.Duration) {
+func bootNode(t *testing.T, name string, withTPM bool) (*qemu.VM, *grpc.ClientConn, *swtpm.CA, time.Duration) {
 	t.Helper()
 	prerequisites(t)
 	dir := t.TempDir()
@@ -37,18 +39,16 @@ func bootNode(t *testing.T, name string, withTPM bool) (*vm, *grpc.ClientConn, *
 		Role:        api.Role_ROLE_BOOTSTRAP,
 		Tls:         &api.TLS{CaCertPem: ca.pem, CertPem: certPEM, KeyPem: keyPEM},
 	})
-	o := vmOptions{disk: diskPath, params: params, hostPort: freePort(t), guestPort: api.DefaultListenPort}
+	o := vmOptions{name: name, disk: diskPath, params: params, hostPort: freePort(t), guestPort: api.DefaultListenPort}
 	var tpmCA *swtpm.CA
 	if withTPM {
 		o.tpmSocket, tpmCA = startTPM(t, dir)
 	}
 	v := startVM(t, dir, o)
-	line, took, err := v.waitLine(api.ReadyPrefix, 0, bootDeadline)
+	// SLIRP hands out 10.0.2.15.
+	_, took, err := waitLine(v, 0, readyLine(name, "10.0.2.15"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	if want := api.ReadyPrefix + "node=" + name + " addr=10.0.2.15"; line != want {
-		t.Errorf("ready line %q, want %q", line, want)
 	}
 	return v, ca.dial(t, "127.0.0.1:"+strconv.Itoa(o.hostPort), name), tpmCA, took
 }
@@ -169,11 +169,11 @@ func TestBootRebootWithoutTPM(t *testing.T) {
 		t.Error("WriteDataFile outside DATA accepted")
 	}
 
-	mark := v.mark()
+	mark := v.Console().Cursor()
 	if _, err := api.NewManagementClient(conn).Reboot(ctx, &api.RebootRequest{}); err != nil {
 		t.Fatalf("Reboot: %v", err)
 	}
-	if _, _, err := v.waitLine(api.ReadyPrefix, mark, bootDeadline); err != nil {
+	if _, _, err := waitLine(v, mark, readyLine("node2", "10.0.2.15")); err != nil {
 		t.Fatal(err)
 	}
 	st = status(t, conn)
@@ -188,10 +188,8 @@ func TestBootRebootWithoutTPM(t *testing.T) {
 	if _, err := api.NewManagementClient(conn).PowerOff(ctx, &api.PowerOffRequest{}); err != nil {
 		t.Fatalf("PowerOff: %v", err)
 	}
-	if err, ok := v.waitExit(time.Minute); !ok {
-		t.Error("QEMU still runs a minute after PowerOff")
-	} else if err != nil {
-		t.Errorf("QEMU exit after PowerOff: %v", err)
+	if exit, err := waitExit(v, time.Minute); err != nil || exit.Kind != qemu.ExitPoweredOff {
+		t.Errorf("after PowerOff: QEMU exit %v, %v; want powered off", exit, err)
 	}
 }
 
@@ -234,21 +232,21 @@ func TestBootVerityFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	v := startVM(t, dir, vmOptions{disk: diskPath, hostPort: freePort(t), guestPort: api.DefaultListenPort})
-	line, took, err := v.waitLine(api.FatalPrefix, 0, bootDeadline)
+	v := startVM(t, dir, vmOptions{name: "node3", disk: diskPath, hostPort: freePort(t), guestPort: api.DefaultListenPort})
+	_, took, err := waitLine(v, 0, "^"+regexp.QuoteMeta(api.FatalPrefix)+"verity: ")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("fatal after %v: %s", took.Round(10*time.Millisecond), line)
-	if !strings.Contains(line, "verity") {
-		t.Errorf("fatal line does not name verity: %q", line)
+	t.Logf("fatal verity error after %v", took.Round(10*time.Millisecond))
+	if exit, err := waitExit(v, time.Minute); err != nil || exit.Kind != qemu.ExitPoweredOff {
+		t.Errorf("after the fatal error: QEMU exit %v, %v; want powered off", exit, err)
 	}
-	if err, ok := v.waitExit(time.Minute); !ok {
-		t.Error("QEMU still runs a minute after the fatal error: the node did not power off")
-	} else if err != nil {
-		t.Errorf("QEMU exit: %v", err)
+	console := strings.Join(v.Console().Tail(0), "\n")
+	for _, l := range v.Console().Tail(0) {
+		if strings.HasPrefix(l, api.FatalPrefix) {
+			t.Logf("%s", l)
+		}
 	}
-	console := strings.Join(v.console(), "\n")
 	if !strings.Contains(console, "device-mapper: verity") {
 		t.Errorf("no kernel verity message on the console")
 	}
@@ -272,17 +270,15 @@ func containsPrefix(list []string, prefix string) bool {
 func TestBootBare(t *testing.T) {
 	prerequisites(t)
 	dir := t.TempDir()
-	o := vmOptions{disk: makeDisk(t, dir, "bare"), hostPort: freePort(t), guestPort: api.DefaultListenPort}
+	o := vmOptions{name: "bare", disk: makeDisk(t, dir, "bare"), hostPort: freePort(t), guestPort: api.DefaultListenPort}
 	v := startVM(t, dir, o)
-	line, took, err := v.waitLine(api.ReadyPrefix, 0, bootDeadline)
+	// The agent names a node without parameters after its MAC address.
+	name := "node-" + strings.ReplaceAll(qemu.DefaultMAC("bare", 0).String(), ":", "")
+	_, took, err := waitLine(v, 0, readyLine(name, "10.0.2.15"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("QEMU start → ready line, bare: %v", took.Round(10*time.Millisecond))
-	// QEMU's first NIC has MAC 52:54:00:12:34:56.
-	if want := api.ReadyPrefix + "node=node-525400123456 addr=10.0.2.15"; line != want {
-		t.Errorf("ready line %q, want %q", line, want)
-	}
 	conn, err := grpc.NewClient("127.0.0.1:"+strconv.Itoa(o.hostPort),
 		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})))
 	if err != nil {
@@ -290,7 +286,7 @@ func TestBootBare(t *testing.T) {
 	}
 	defer conn.Close()
 	st := status(t, conn)
-	if st.GetNodeName() != "node-525400123456" || st.GetHostname() != "node-525400123456" || st.GetRole() != api.Role_ROLE_BOOTSTRAP ||
+	if st.GetNodeName() != name || st.GetHostname() != name || st.GetRole() != api.Role_ROLE_BOOTSTRAP ||
 		st.GetVerity().GetState() != api.Verity_STATE_OK {
 		t.Errorf("status: name %q host %q role %v verity %v", st.GetNodeName(), st.GetHostname(), st.GetRole(), st.GetVerity())
 	}

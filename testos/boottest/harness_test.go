@@ -1,7 +1,6 @@
 package boottest
 
 import (
-	"bufio"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -9,18 +8,17 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
+	"regexp"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,6 +29,7 @@ import (
 	"github.com/qcluster/qcluster/imagebuild/disk"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
 	"github.com/qcluster/qcluster/internal/needs"
+	"github.com/qcluster/qcluster/qemu"
 	"github.com/qcluster/qcluster/resolve"
 	"github.com/qcluster/qcluster/swtpm"
 	"github.com/qcluster/qcluster/testos/api"
@@ -62,18 +61,16 @@ func prerequisites(t *testing.T) {
 	needs.Tool(t, "qemu-system-x86_64", "qemu-system-x86")
 	needs.Tool(t, "swtpm", "swtpm")
 	needs.Tool(t, "swtpm_setup", "swtpm-tools")
-	needs.File(t, ovmfCode, "apt-get install ovmf, or make deps")
+	if _, err := qemu.FindOVMF(qemu.FirmwareQuery{}); err != nil {
+		// Skips locally, fails in CI, with the package to install.
+		needs.File(t, "/usr/share/OVMF/OVMF_CODE_4M.fd", "apt-get install ovmf, or make deps: "+err.Error())
+	}
 	root, err := resolve.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
 	needs.File(t, filepath.Join(root, "third_party", "cache", "kernel"), "run make fetch")
 }
-
-const (
-	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-)
 
 // fileBlob is a file as a disk.Blob.
 type fileBlob struct {
@@ -243,172 +240,83 @@ func freePort(t *testing.T) int {
 
 // vmOptions describe one boot.
 type vmOptions struct {
+	name      string
 	disk      string
 	params    string // -fw_cfg file, "" for none
 	tpmSocket string // swtpm control socket, "" for no TPM
 	hostPort  int    // forwarded to the agent's port
 	guestPort int
-	smp       int
 }
 
-// vm is a running QEMU with its console captured line by line.
-type vm struct {
-	cmd     *exec.Cmd
-	started time.Time
-	exited  chan struct{}
-	waitErr error
-
-	mu    sync.Mutex
-	lines []string
-	at    []time.Duration // when each line arrived, since started
-	added chan struct{}   // closed and replaced on every new line
-}
-
-// startVM boots QEMU (q35, OVMF, TCG) and returns at once.
-func startVM(t *testing.T, dir string, o vmOptions) *vm {
+// startVM boots the node disk in QEMU (q35, OVMF, TCG, virtio-rng, SLIRP)
+// through package qemu and returns once QEMU runs.
+func startVM(t *testing.T, dir string, o vmOptions) *qemu.VM {
 	t.Helper()
-	vars := filepath.Join(dir, "OVMF_VARS.fd")
-	b, err := os.ReadFile(ovmfVars)
+	ovmf, err := qemu.FindOVMF(qemu.FirmwareQuery{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(vars, b, 0o600); err != nil {
+	vars := filepath.Join(dir, "OVMF_VARS.fd")
+	if _, err := qemu.PrepareVars(ovmf.VarsTemplate, vars); err != nil {
 		t.Fatal(err)
 	}
-	if o.smp == 0 {
-		o.smp = 1
-	}
-	args := []string{
-		// Machine: q35 under TCG (no usable KVM here), nothing implicit.
-		"-nodefaults", "-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(o.smp),
-		"-display", "none", "-no-user-config",
-		// Firmware: OVMF code read-only, a private copy of the variables.
-		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmfCode,
-		"-drive", "if=pflash,format=raw,file=" + vars,
-		// The node disk and an entropy source (nothing may block on randomness).
-		"-drive", "if=virtio,format=raw,file=" + o.disk,
-		"-device", "virtio-rng-pci",
-		// SLIRP NIC with the agent's gRPC port forwarded to loopback.
-		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:%d", o.hostPort, o.guestPort),
-		"-device", "virtio-net-pci,netdev=n0",
-		// Serial console on stdout.
-		"-serial", "stdio",
+	m := qemu.Machine{
+		Name:     o.name,
+		Accel:    qemu.AccelTCG, // the paravirtual KVM here hangs stock guests
+		Firmware: ovmf.Firmware(vars),
+		Disks:    []qemu.Disk{{Path: o.disk}},
+		NICs: []qemu.NIC{{User: &qemu.UserNet{HostForwards: []qemu.HostForward{{
+			Host: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(o.hostPort)), GuestPort: uint16(o.guestPort),
+		}}}}},
+		Reboot: true, // Management.Reboot restarts the guest in the same QEMU
 	}
 	if o.params != "" {
-		args = append(args, "-fw_cfg", "name="+api.ParametersFwCfgName+",file="+o.params)
+		m.FwCfg = []qemu.FwCfgFile{{Name: api.ParametersFwCfgName, File: o.params}}
 	}
 	if o.tpmSocket != "" {
-		args = append(args, "-chardev", "socket,id=tpm,path="+o.tpmSocket,
-			"-tpmdev", "emulator,id=tpm0,chardev=tpm", "-device", "tpm-tis,tpmdev=tpm0")
+		m.TPM = &qemu.TPM{CtrlSocket: o.tpmSocket}
 	}
-	cmd := exec.Command("qemu-system-x86_64", args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
+	v, err := qemu.New(m, qemu.Options{Dir: filepath.Join(dir, "vm"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	v := &vm{cmd: cmd, exited: make(chan struct{}), added: make(chan struct{})}
-	v.started = time.Now()
-	if err := cmd.Start(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := v.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		s := bufio.NewScanner(stdout)
-		s.Buffer(make([]byte, 64<<10), 1<<20)
-		for s.Scan() {
-			v.addLine(strings.TrimRight(s.Text(), "\r"))
-		}
-		v.waitErr = cmd.Wait()
-		if stderr.Len() > 0 {
-			v.addLine("qemu stderr: " + strings.TrimSpace(stderr.String()))
-		}
-		close(v.exited)
-	}()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-v.exited
+		_ = v.Close()
 		if t.Failed() || testing.Verbose() {
-			t.Logf("console of %s:\n%s", o.disk, v.timedConsole())
+			b, _ := os.ReadFile(v.Console().LogPath())
+			t.Logf("console of %s:\n%s", o.name, b)
 		}
 	})
 	return v
 }
 
-func (v *vm) addLine(l string) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.lines = append(v.lines, l)
-	v.at = append(v.at, time.Since(v.started))
-	close(v.added)
-	v.added = make(chan struct{})
+// waitLine waits for a console line at or after from that matches re and
+// returns it with the time since QEMU started. The console also matches the
+// line still being written, so re must not match a prefix of the line that
+// is wanted (anchor it with $ on something only the whole line has).
+func waitLine(v *qemu.VM, from qemu.Cursor, re string) (string, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), bootDeadline)
+	defer cancel()
+	line, err := v.Console().WaitForFrom(ctx, from, regexp.MustCompile(re))
+	return line, time.Since(v.StartedAt()), err
 }
 
-// timedConsole is the console with each line's arrival time.
-func (v *vm) timedConsole() string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	var b strings.Builder
-	for i, l := range v.lines {
-		fmt.Fprintf(&b, "%7.3f %s\n", v.at[i].Seconds(), l)
-	}
-	return b.String()
+// readyLine is the pattern of a node's whole ready line.
+func readyLine(name, addr string) string {
+	return "^" + regexp.QuoteMeta(api.ReadyPrefix+"node="+name+" addr="+addr) + "$"
 }
 
-func (v *vm) console() []string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return append([]string(nil), v.lines...)
-}
-
-// errExited says QEMU exited before the awaited line.
-var errExited = errors.New("qemu exited")
-
-// mark is the number of console lines so far, for waitLine.
-func (v *vm) mark() int {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return len(v.lines)
-}
-
-// waitLine waits for a console line containing substr, looking at lines from
-// index from on, and returns it with the time since QEMU started; it fails
-// early when QEMU exits.
-func (v *vm) waitLine(substr string, from int, timeout time.Duration) (string, time.Duration, error) {
-	deadline := time.After(timeout)
-	seen := from
-	for {
-		v.mu.Lock()
-		lines, added := v.lines, v.added
-		v.mu.Unlock()
-		for ; seen < len(lines); seen++ {
-			if strings.Contains(lines[seen], substr) {
-				return lines[seen], time.Since(v.started), nil
-			}
-		}
-		select {
-		case <-added:
-		case <-v.exited:
-			v.mu.Lock()
-			n := len(v.lines)
-			v.mu.Unlock()
-			if n > seen {
-				continue
-			}
-			return "", 0, fmt.Errorf("waiting for %q: %w (%v)", substr, errExited, v.waitErr)
-		case <-deadline:
-			return "", 0, fmt.Errorf("waiting for %q: no such console line within %v", substr, timeout)
-		}
-	}
-}
-
-// waitExit waits for QEMU to exit and returns its wait error.
-func (v *vm) waitExit(timeout time.Duration) (error, bool) {
+// waitExit waits for QEMU to exit, at most timeout.
+func waitExit(v *qemu.VM, timeout time.Duration) (qemu.Exit, error) {
 	select {
-	case <-v.exited:
-		return v.waitErr, true
+	case <-v.Exited():
+		return v.Wait()
 	case <-time.After(timeout):
-		return nil, false
+		return qemu.Exit{}, fmt.Errorf("qemu %s still runs after %v", v.Argv()[0], timeout)
 	}
 }
