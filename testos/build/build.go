@@ -69,7 +69,8 @@ const cmdlineBase = "console=ttyS0 quiet panic=-1"
 
 type options struct {
 	out     string // output directory
-	cache   string // third_party/fetch.sh's cache
+	cache   string // third_party/fetch.sh's cache; default: the repository's
+	agent   string // prebuilt agent; default: built from ./testos/agent
 	force   bool
 	verbose bool
 }
@@ -98,9 +99,13 @@ type inputs struct {
 
 func build(ctx context.Context, log *slog.Logger, o options) (*result, error) {
 	start := time.Now()
-	root, err := resolve.RepoRoot()
-	if err != nil {
-		return nil, fmt.Errorf("find the repository: %w", err)
+	var root string
+	if o.cache == "" || o.agent == "" {
+		r, err := resolve.RepoRoot()
+		if err != nil {
+			return nil, fmt.Errorf("find the repository (for the agent's source and the cache): %w", err)
+		}
+		root = r
 	}
 	if o.cache == "" {
 		o.cache = filepath.Join(root, "third_party", "cache")
@@ -114,7 +119,7 @@ func build(ctx context.Context, log *slog.Logger, o options) (*result, error) {
 	}
 	defer os.RemoveAll(work)
 
-	in, err := gatherInputs(ctx, log, root, o.cache, work)
+	in, err := gatherInputs(ctx, log, root, o.cache, o.agent, work)
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +190,7 @@ func build(ctx context.Context, log *slog.Logger, o options) (*result, error) {
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // gatherInputs builds the agent and reads every input, hashing them all.
-func gatherInputs(ctx context.Context, log *slog.Logger, root, cache, work string) (*inputs, error) {
+func gatherInputs(ctx context.Context, log *slog.Logger, root, cache, agent, work string) (*inputs, error) {
 	in := &inputs{system: map[string]string{}}
 	h := sha256.New()
 	add := func(name string, b []byte) {
@@ -218,16 +223,21 @@ func gatherInputs(ctx context.Context, log *slog.Logger, root, cache, work strin
 		}
 	}
 
-	t := time.Now()
-	agentPath := filepath.Join(work, "agent")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", agentPath, "./testos/agent")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build the agent: go build ./testos/agent: %w\n%s", err, out)
+	if agent == "" {
+		t := time.Now()
+		agent = filepath.Join(work, "agent")
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "./testos/agent")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("build the agent: go build ./testos/agent: %w\n%s", err, out)
+		}
+		log.Debug("agent", "took", time.Since(t))
 	}
-	log.Debug("agent", "took", time.Since(t))
-	if in.agent, err = os.ReadFile(agentPath); err != nil {
+	if in.agent, err = os.ReadFile(agent); err != nil {
+		return nil, fmt.Errorf("read the agent: %w", err)
+	}
+	if err := checkAgent(agent); err != nil {
 		return nil, err
 	}
 	add("agent", in.agent)
@@ -282,7 +292,10 @@ func gatherInputs(ctx context.Context, log *slog.Logger, root, cache, work strin
 // and mke2fs.conf. Symlinks in the cache are followed inside it.
 func systemFiles(croot string, files map[string]string) error {
 	hostPath := func(p string) (string, error) {
-		// Resolve symlinks relative to croot, never to the host's /.
+		// A package's own symlinks (lib64/ld-linux-x86-64.so.2 →
+		// /lib/x86_64-linux-gnu/...) are resolved inside croot, never
+		// against the host's /. Other links (Bazel's sandbox links every
+		// input) are followed as they are.
 		for range 16 {
 			full := filepath.Join(croot, p)
 			fi, err := os.Lstat(full)
@@ -296,11 +309,17 @@ func systemFiles(croot string, files map[string]string) error {
 			if err != nil {
 				return "", err
 			}
+			next := path.Join(path.Dir(p), target)
 			if path.IsAbs(target) {
-				p = strings.TrimPrefix(target, "/")
-			} else {
-				p = path.Join(path.Dir(p), target)
+				next = strings.TrimPrefix(target, "/")
 			}
+			if _, err := os.Lstat(filepath.Join(croot, next)); err != nil {
+				if _, err := os.Stat(full); err != nil {
+					return "", fmt.Errorf("system file %s: %w", p, err)
+				}
+				return full, nil // a link out of the tree (Bazel): read through it
+			}
+			p = next
 		}
 		return "", fmt.Errorf("system file %s: too many symlinks", p)
 	}
@@ -343,6 +362,25 @@ func systemFiles(croot string, files map[string]string) error {
 			return err
 		}
 		files[p] = hp
+	}
+	return nil
+}
+
+// checkAgent refuses an agent that cannot be PID 1 of an x86-64 guest
+// without a libc: not ELF, not x86-64, or dynamically linked.
+func checkAgent(p string) error {
+	f, err := elf.Open(p)
+	if err != nil {
+		return fmt.Errorf("agent %s: %w", p, err)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_X86_64 {
+		return fmt.Errorf("agent %s: built for %v, want x86-64", p, f.Machine)
+	}
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return fmt.Errorf("agent %s: dynamically linked (build it with CGO_ENABLED=0)", p)
+		}
 	}
 	return nil
 }

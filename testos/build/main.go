@@ -2,6 +2,7 @@
 //
 //	go run ./testos/build --out out
 //
+// (or with --cache DIR --agent FILE, as Bazel's os_image rule runs it)
 // writes out/testos (the OCI layout: payloads "kernel.efi", the UKI, and
 // "system", the EROFS system file system with its dm-verity tree appended)
 // and out/loader.efi (systemd-boot). Its inputs are the agent (built here
@@ -25,6 +26,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.out, "out", "out", "output directory: the image goes to OUT/testos, the loader to OUT/loader.efi")
 	flag.StringVar(&o.cache, "cache", "", "third_party/fetch.sh's cache (default: third_party/cache in the repository)")
+	flag.StringVar(&o.agent, "agent", "", "a prebuilt agent (linux/amd64, static) instead of building ./testos/agent with the go command")
 	flag.BoolVar(&o.force, "force", false, "rebuild even when the inputs are unchanged")
 	flag.BoolVar(&o.verbose, "v", false, "log every step")
 	flag.Parse()
