@@ -135,7 +135,9 @@ func (s *Switch) dhcpReply(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 	mt := req.MessageType()
 	lease, ok := s.leases.Load().byMAC[keyOf(req.ClientHWAddr)]
 	if !ok {
-		s.cfg.Logger.Info("dhcp: no lease for this MAC, ignored", "mac", req.ClientHWAddr.String(), "type", mt)
+		if _, seen := s.strangers.LoadOrStore(keyOf(req.ClientHWAddr), true); !seen {
+			s.cfg.Logger.Info("dhcp: no lease for this MAC, ignoring it", "mac", req.ClientHWAddr.String(), "type", mt)
+		}
 		return nil
 	}
 	reply, err := dhcpv4.NewReplyFromRequest(req)

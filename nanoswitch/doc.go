@@ -49,5 +49,6 @@
 // supports CONNECT only (no BIND, no UDP ASSOCIATE); the MAC table does not
 // age (a MAC moves when it is seen on another port); a hermetic gateway
 // drops packets for outside addresses silently, so guests' connections there
-// time out; MTU 1500.
+// time out; MTU 1500. With AllowOutbound, gvisor-tap-vsock's forwarders log
+// their errors through logrus's standard logger (stderr), not Config.Logger.
 package nanoswitch

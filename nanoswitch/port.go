@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -161,10 +162,10 @@ func (l *link) readLoop() {
 			select {
 			case <-l.done:
 			default:
-				if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-					l.p.sw.cfg.Logger.Warn("port read failed, detaching", "port", l.p.name, "err", err)
+				if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
+					l.p.sw.cfg.Logger.Info("port peer went away", "port", l.p.name)
 				} else {
-					l.p.sw.cfg.Logger.Debug("port peer went away", "port", l.p.name)
+					l.p.sw.cfg.Logger.Warn("port read failed, detaching", "port", l.p.name, "err", err)
 				}
 			}
 			return

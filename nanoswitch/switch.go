@@ -49,8 +49,9 @@ type Switch struct {
 	faultMu sync.Mutex
 	faults  atomic.Pointer[faultTable] // nil: no faults
 
-	leaseMu sync.Mutex
-	leases  atomic.Pointer[leaseTable]
+	leaseMu   sync.Mutex
+	leases    atomic.Pointer[leaseTable]
+	strangers sync.Map // MACs without a lease that asked for one (logged once)
 
 	stack    *stack.Stack
 	services []func() error // closers of the servers on the stack
@@ -273,7 +274,8 @@ func (s *Switch) checkPortName(name string, mac net.HardwareAddr) error {
 // AttachConn attaches conn as the peer of the port named name, for a VM
 // given one end of a socketpair (QEMU "-netdev stream,addr.type=fd" or
 // "-netdev socket,fd=N"). The port is created if it does not exist, else
-// its current peer is replaced. The switch closes conn when it is done.
+// its current peer is replaced. Once attached, conn belongs to the switch,
+// which closes it; after an error it is still the caller's.
 func (s *Switch) AttachConn(name string, conn net.Conn) error {
 	what := fmt.Sprintf("attach connection to port %s", name)
 	if err := s.checkPortName(name, nil); err != nil {

@@ -17,6 +17,12 @@
 //     flood HOST:PORT COUNT SIZE      → ok COUNT (UDP datagrams, broadcast allowed)
 //   - 7001, a sink: it reads until end of file, then writes the byte count
 //     as 8 bytes big-endian and closes.
+//
+// The same commands are read from the console, one per line, and answered
+// there as "nsguest: reply ok …" or "nsguest: reply err …", for guests the
+// test cannot reach over the network. With "nsguest.addr=10.42.0.10/24" on
+// the kernel command line the guest skips DHCP and takes that address
+// (printing "nsguest: static ip=…").
 package main
 
 import (
@@ -75,6 +81,17 @@ func run() error {
 	if err := netlink.LinkSetUp(nic); err != nil {
 		return fmt.Errorf("link %s up: %w", nic.Attrs().Name, err)
 	}
+	if addr := cmdlineParam("nsguest.addr"); addr != "" {
+		ipn, err := netlink.ParseIPNet(addr)
+		if err != nil {
+			return fmt.Errorf("nsguest.addr=%s: %w", addr, err)
+		}
+		if err := netlink.AddrAdd(nic, &netlink.Addr{IPNet: ipn}); err != nil {
+			return fmt.Errorf("add address %s: %w", addr, err)
+		}
+		fmt.Printf("nsguest: static ip=%s\n", addr)
+		return serve()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	client, err := nclient4.New(nic.Attrs().Name, nclient4.WithTimeout(2*time.Second), nclient4.WithRetry(30))
@@ -120,7 +137,11 @@ func run() error {
 	fmt.Printf("nsguest: lease ip=%s/%d gw=%s dns=%s domain=%s search=%s hostname=%s dhcp_ms=%d\n",
 		ack.YourIPAddr, ones, gw, ack.DNS(), ack.DomainName(), strings.Join(search, ","), ack.HostName(),
 		time.Since(start).Milliseconds())
+	return serve()
+}
 
+// serve starts the command and sink servers and the console reader.
+func serve() error {
 	cmdLn, err := net.Listen("tcp", fmt.Sprintf(":%d", cmdPort))
 	if err != nil {
 		return err
@@ -131,8 +152,30 @@ func run() error {
 	}
 	go acceptLoop(sinkLn, sink)
 	go acceptLoop(cmdLn, commands)
+	go console()
 	fmt.Println("nsguest: ready")
 	return nil
+}
+
+// cmdlineParam returns the value of key=value on the kernel command line.
+func cmdlineParam(key string) string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// console runs commands read from the console.
+func console() {
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) > 0 {
+			fmt.Println("nsguest: reply " + run1(f))
+		}
+	}
 }
 
 func acceptLoop(ln net.Listener, handle func(net.Conn)) {
@@ -157,16 +200,19 @@ func sink(c net.Conn) {
 func commands(c net.Conn) {
 	sc := bufio.NewScanner(c)
 	for sc.Scan() {
-		reply, err := command(strings.Fields(sc.Text()))
-		if err != nil {
-			reply = "err " + strings.ReplaceAll(err.Error(), "\n", " ")
-		} else {
-			reply = "ok " + reply
-		}
-		if _, err := fmt.Fprintln(c, reply); err != nil {
+		if _, err := fmt.Fprintln(c, run1(strings.Fields(sc.Text()))); err != nil {
 			return
 		}
 	}
+}
+
+// run1 runs a command and returns its answer line.
+func run1(f []string) string {
+	reply, err := command(f)
+	if err != nil {
+		return "err " + strings.ReplaceAll(err.Error(), "\n", " ")
+	}
+	return "ok " + reply
 }
 
 func command(f []string) (string, error) {
