@@ -69,10 +69,11 @@ type Cluster struct {
 	net     *network
 	tpmCA   *swtpm.CA
 
-	mu     sync.Mutex
-	conns  map[connKey]*grpc.ClientConn
-	undo   []undoFunc
-	closed bool
+	progressMu sync.Mutex // serializes Options.Progress calls
+	mu         sync.Mutex
+	conns      map[connKey]*grpc.ClientConn
+	undo       []undoFunc
+	closed     bool
 }
 
 // SOCKS5 describes the switch's SOCKS5 proxy on the host's loopback.
@@ -179,8 +180,8 @@ func isNodeError(err error) bool {
 
 func (c *Cluster) progress(e Event) {
 	if c.opts.Progress != nil {
-		c.mu.Lock()
-		defer c.mu.Unlock()
+		c.progressMu.Lock()
+		defer c.progressMu.Unlock()
 		c.opts.Progress(e)
 	}
 }
@@ -284,6 +285,10 @@ func (c *Cluster) failurePattern() *regexp.Regexp {
 	}
 	return regexp.MustCompile("(?:" + strings.Join(alts, ")|(?:") + ")")
 }
+
+// TPMCA is the CA that issued every node's TPM endorsement key certificate
+// (nil when no node has a TPM).
+func (c *Cluster) TPMCA() *swtpm.CA { return c.tpmCA }
 
 // DialContext connects to an address inside the cluster's network (a node's
 // address or name and a port) through the switch.

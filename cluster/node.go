@@ -56,6 +56,9 @@ type Node struct {
 	// SerialLog is the serial console's log; CommandLineFile the QEMU
 	// command line as a shell script (both appended to across restarts).
 	SerialLog, CommandLineFile string
+	// EKCertificate is the DER certificate of the TPM's RSA endorsement key
+	// (nil without a TPM), issued by the cluster's TPM CA (TPMCA).
+	EKCertificate []byte
 
 	c        *Cluster
 	disk     string

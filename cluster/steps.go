@@ -358,9 +358,11 @@ func (c *Cluster) manufactureTPMs(ctx context.Context) error {
 		if n.tpmState == "" {
 			return nil
 		}
-		if _, err := ca.Manufacture(ctx, n.tpmState, swtpm.ManufactureOptions{Name: n.Name}); err != nil {
+		m, err := ca.Manufacture(ctx, n.tpmState, swtpm.ManufactureOptions{Name: n.Name})
+		if err != nil {
 			return fmt.Errorf("%s: manufacture TPM: %w", n.Name, err)
 		}
+		n.EKCertificate = m.EKCertRSA
 		return nil
 	})
 }

@@ -78,4 +78,3 @@ func TestBadFlags(t *testing.T) {
 		}
 	}
 }
-

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,6 +39,7 @@ type nodeSummary struct {
 	MAC         string  `json:"mac"`
 	State       string  `json:"state"`
 	TPM         bool    `json:"tpm"`
+	EKSHA256    string  `json:"tpm_ek_certificate_sha256,omitempty"`
 	DiskSecs    float64 `json:"disk_ready_seconds"`
 	StartSecs   float64 `json:"qemu_started_seconds"`
 	ReadySecs   float64 `json:"ready_seconds"`
@@ -66,6 +68,9 @@ func summarize(c *cluster.Cluster, took time.Duration) summary {
 			DiskSecs: t.DiskReady.Seconds(), StartSecs: t.QEMUStarted.Seconds(), ReadySecs: t.Ready.Seconds(),
 			SerialLog: n.SerialLog, CommandLine: n.CommandLineFile,
 		})
+		if n.EKCertificate != nil {
+			s.Nodes[len(s.Nodes)-1].EKSHA256 = fmt.Sprintf("%x", sha256.Sum256(n.EKCertificate))
+		}
 	}
 	return s
 }
