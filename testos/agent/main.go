@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,14 +38,14 @@ import (
 
 	"github.com/qcluster/qcluster/internal/kmodload"
 	"github.com/qcluster/qcluster/testos/api"
+	"github.com/qcluster/qcluster/testos/internal/boot"
 )
 
 // Paths inside the guest.
 const (
-	modulesDir      = "/lib/modules"
-	productInfoPath = "/etc/qcluster/product-info.json"
-	systemMount     = "/system"
-	dataMount       = "/data"
+	productInfoPath = boot.SystemMount + "/etc/qcluster/product-info.json"
+	systemMount     = boot.SystemMount
+	dataMount       = boot.DataMount
 )
 
 func main() {
@@ -64,22 +65,7 @@ func main() {
 }
 
 // fatal prints the reason on the console and powers off.
-func fatal(err error) {
-	fmt.Fprintf(os.Stdout, "%s%v\n", api.FatalPrefix, err)
-	powerOff(unix.LINUX_REBOOT_CMD_POWER_OFF)
-}
-
-// powerOff syncs, unmounts DATA and reboots or powers off (cmd is a
-// LINUX_REBOOT_CMD_*). It does not return.
-func powerOff(cmd int) {
-	unix.Sync()
-	_ = unix.Unmount(dataMount, 0)
-	unix.Sync()
-	_ = unix.Reboot(cmd)
-	// Reboot(2) only fails without CAP_SYS_BOOT; PID 1 exiting panics the
-	// kernel, which with panic=-1 restarts the machine: better than hanging.
-	os.Exit(1)
-}
+func fatal(err error) { boot.Fatal(err) }
 
 // node is everything the agent learnt at boot; the gRPC services read it.
 type node struct {
@@ -106,15 +92,24 @@ func step(log *slog.Logger, name string, start time.Time) {
 // run boots the node and serves until asked to power off or reboot.
 func run(ctx context.Context, log *slog.Logger) error {
 	t0 := time.Now()
-	if err := earlyMounts(); err != nil {
+	if err := boot.EarlyMounts(); err != nil {
 		return err
 	}
 	go reapZombies()
-	if err := kmodload.Load(modulesDir); err != nil {
-		return err
+	// Stage 1 (testos/init) normally loaded the modules and mounted the
+	// system; run as /init directly, the agent does it all itself.
+	marker, err := os.ReadFile(boot.Stage1Marker)
+	stage1 := err == nil
+	if !stage1 {
+		if err := kmodload.Load(boot.ModulesDir); err != nil {
+			return err
+		}
+		step(log, "modules", t0)
 	}
-	step(log, "modules", t0)
-	mountEFIVars(log)
+	if err := boot.MountEFIVars(); err != nil {
+		log.Warn("no EFI variables: the slot defaults to A", "err", err)
+	}
+	log.Info("agent started", "after_stage1", stage1, "stage1_verified", strings.TrimSpace(string(marker)), "uptime", uptime().Round(time.Millisecond))
 
 	params, err := readParams(paramsPath)
 	if err != nil {
@@ -146,10 +141,6 @@ func run(ctx context.Context, log *slog.Logger) error {
 	log.Info("parameters", "from_fw_cfg", cfg.fromParams, "node", cfg.nodeName, "role", cfg.role, "leader", cfg.leaderAddress)
 
 	n := &node{cfg: cfg, powerReq: make(chan int, 1)}
-	n.product, err = readProductInfo(productInfoPath)
-	if err != nil {
-		return err
-	}
 
 	// Storage, network and TPM are independent: do them at once.
 	var wg sync.WaitGroup
@@ -158,7 +149,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	go func() {
 		defer wg.Done()
 		s := time.Now()
-		storageErr = n.storage.bring(ctx, log, cfg)
+		storageErr = n.storage.bring(ctx, log, stage1)
 		step(log, "storage", s)
 	}()
 	go func() {
@@ -177,6 +168,9 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err := errors.Join(storageErr, netErr); err != nil {
 		return err
 	}
+	if n.product, err = readProductInfo(productInfoPath); err != nil {
+		return err
+	}
 
 	srv, err := n.serve(ctx, log)
 	if err != nil {
@@ -192,7 +186,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	cmd := <-n.powerReq
 	log.Info("power request: stopping gRPC", "cmd", fmt.Sprintf("%#x", cmd))
 	srv.stop()
-	powerOff(cmd)
+	boot.PowerOff(cmd)
 	return nil
 }
 

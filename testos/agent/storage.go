@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,17 +14,13 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf16"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/qcluster/qcluster/testos/api"
+	"github.com/qcluster/qcluster/testos/internal/boot"
 )
-
-// loaderEntryVar is systemd-boot's LoaderEntrySelected EFI variable
-// (vendor GUID 4a67b082-0a4c-41cf-b6c7-440b29bb8c4f): the entry it booted.
-const loaderEntryVar = efiVarsDir + "/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
 // storageState is what the storage step found; read-only after bring.
 type storageState struct {
@@ -42,210 +37,70 @@ type storageState struct {
 	mu sync.Mutex // serialises DATA file writes
 }
 
-// bring finds the disk, opens and verifies the booted slot, mounts it, then
-// formats (first boot) and mounts DATA and counts the boot. A verity failure
-// is returned as an error (fatal: the node powers off).
-func (s *storageState) bring(ctx context.Context, log *slog.Logger, cfg *config) error {
-	disk, parts, err := findDisk(ctx)
+// bring finds the disk and the booted slot, opens and mounts the slot unless
+// stage 1 did, reads it all back through dm-verity while it formats (first
+// boot) and mounts DATA and counts the boot. A verity failure is returned as
+// an error (fatal: the node powers off).
+func (s *storageState) bring(ctx context.Context, log *slog.Logger, stage1 bool) error {
+	disk, parts, err := boot.FindDisk(ctx)
 	if err != nil {
 		return err
 	}
 	s.disk = disk
 	for _, p := range parts {
-		s.parts = append(s.parts, &api.Partition{Number: uint32(p.number), Name: p.name, TypeGuid: p.typeGUID,
-			PartGuid: p.partGUID, FirstLba: p.firstLBA, SizeBytes: p.sizeBytes(512), Device: partDevice(disk, p.number)})
+		s.parts = append(s.parts, &api.Partition{Number: uint32(p.Number), Name: p.Name, TypeGuid: p.TypeGUID,
+			PartGuid: p.PartGUID, FirstLba: p.FirstLBA, SizeBytes: p.SizeBytes(512), Device: boot.PartDevice(disk, p.Number)})
 	}
-	s.entry, s.slot, s.slotSource = bootedSlot(log)
-	sys, err := findPart(parts, typeSystem, "SYSTEM-"+s.slot)
+	s.entry, s.slot, s.slotSource = boot.Slot()
+	if s.slotSource == "default" {
+		log.Info("no qcluster entry in LoaderEntrySelected: slot A", "entry", s.entry)
+	}
+	sys, err := boot.FindPart(parts, boot.TypeSystem, "SYSTEM-"+s.slot)
 	if err != nil {
 		return fmt.Errorf("slot %s: %w", s.slot, err)
 	}
-	dataPart, err := findPart(parts, typeData, "DATA")
+	dataPart, err := boot.FindPart(parts, boot.TypeData, "DATA")
 	if err != nil {
 		return err
 	}
 
-	// dm-verity over the slot, every block read back, then mounted.
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return fmt.Errorf("read kernel command line: %w", err)
 	}
-	sysDev := partDevice(disk, sys.number)
+	sysDev := boot.PartDevice(disk, sys.Number)
 	s.verity = &api.Verity{DataDevice: sysDev, State: api.Verity_STATE_ERROR}
-	mapped, err := openVerity(string(cmdline), sysDev, s.verity)
+	t, err := boot.VerityFromCmdline(string(cmdline))
 	if err != nil {
-		return fmt.Errorf("verity: slot %s (%s): %w", s.slot, sysDev, err)
+		return fmt.Errorf("verity: %w", err)
 	}
-	if err := os.MkdirAll(systemMount, 0o755); err != nil {
-		return err
-	}
-	if err := unix.Mount(mapped, systemMount, "erofs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
-		return fmt.Errorf("verity: mount %s (erofs) on %s: %w", mapped, systemMount, err)
-	}
-	// The full read proves every block against the root hash; it runs
+	s.verity.RootHash, s.verity.DataBlocks, s.verity.DataBlockSize = t.RootHex, t.DataBlocks, t.DataBlockSize
+	s.verity.MappedDevice = "/dev/mapper/" + boot.MappedName
+	// Stage 1 opened the slot and read every block back before starting
+	// the agent from it. Without stage 1 the agent does both, reading back
 	// while DATA is prepared.
 	verified := make(chan error, 1)
-	go func() { verified <- readAll(mapped) }()
+	if stage1 {
+		verified <- nil
+	} else {
+		if _, _, err := boot.OpenSystem(ctx); err != nil {
+			return err
+		}
+		go func() {
+			start := time.Now()
+			n, err := boot.ReadBack(s.verity.MappedDevice)
+			log.Info("verity read-back", "device", s.verity.MappedDevice, "bytes", n, "took", time.Since(start).Round(time.Millisecond), "err", err)
+			verified <- err
+		}()
+	}
 
-	dataErr := s.bringData(log, partDevice(disk, dataPart.number))
+	dataErr := s.bringData(log, boot.PartDevice(disk, dataPart.Number))
 	if err := <-verified; err != nil {
 		s.verity.Error = err.Error()
-		return fmt.Errorf("verity: slot %s (%s through %s, root hash %s): %w", s.slot, sysDev, mapped, s.verity.RootHash, err)
+		return fmt.Errorf("verity: slot %s (%s, root hash %s): %w", s.slot, sysDev, s.verity.RootHash, err)
 	}
 	s.verity.State = api.Verity_STATE_OK
 	return dataErr
-}
-
-// findDisk returns the first disk whose GPT has a DATA partition, and its
-// partitions. Modules are loaded synchronously, but a disk may still be
-// probing; it waits up to 10 s.
-func findDisk(ctx context.Context) (string, []gptPart, error) {
-	deadline := time.Now().Add(10 * time.Second)
-	var seen []string
-	for {
-		seen = seen[:0]
-		ents, _ := os.ReadDir("/sys/block")
-		for _, e := range ents {
-			name := e.Name()
-			if strings.HasPrefix(name, "loop") || strings.HasPrefix(name, "ram") || strings.HasPrefix(name, "dm-") || strings.HasPrefix(name, "sr") {
-				continue
-			}
-			dev := "/dev/" + name
-			seen = append(seen, dev)
-			parts, err := readDiskGPT(dev)
-			if err != nil {
-				continue
-			}
-			for _, p := range parts {
-				if p.typeGUID == typeData {
-					return dev, parts, nil
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			return "", nil, fmt.Errorf("find the node disk: no disk with a GPT DATA partition (type %s) among %v", typeData, seen)
-		}
-		select {
-		case <-ctx.Done():
-			return "", nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-// readDiskGPT reads the GPT of a block device.
-func readDiskGPT(dev string) ([]gptPart, error) {
-	f, err := os.Open(dev)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	ss, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKSSZGET)
-	if err != nil {
-		return nil, fmt.Errorf("%s: BLKSSZGET: %w", dev, err)
-	}
-	if ss != 512 {
-		return nil, fmt.Errorf("%s: %d-byte sectors, want 512", dev, ss)
-	}
-	return readGPT(f, ss)
-}
-
-// partDevice returns the device node of partition number n of disk, from
-// sysfs (so nvme0n1p2 works as well as vda2); "" when the kernel made none.
-func partDevice(disk string, n int) string {
-	name := filepath.Base(disk)
-	ents, _ := os.ReadDir("/sys/block/" + name)
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join("/sys/block", name, e.Name(), "partition"))
-		if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(n) {
-			return "/dev/" + e.Name()
-		}
-	}
-	return ""
-}
-
-// bootedSlot reads LoaderEntrySelected: "qcluster-b.efi" means B; anything
-// else, or no variable, means A.
-func bootedSlot(log *slog.Logger) (entry, slot, source string) {
-	b, err := os.ReadFile(loaderEntryVar)
-	if err != nil {
-		log.Info("no LoaderEntrySelected: slot A", "err", err)
-		return "", "A", "default"
-	}
-	entry = efiString(b)
-	switch strings.ToLower(entry) {
-	case "qcluster-b.efi":
-		return entry, "B", "efivar"
-	case "qcluster-a.efi":
-		return entry, "A", "efivar"
-	}
-	log.Warn("LoaderEntrySelected names no qcluster slot: slot A", "entry", entry)
-	return entry, "A", "default"
-}
-
-// efiString decodes an efivarfs file holding a UTF-16LE string: 4 bytes of
-// attributes, then the NUL-terminated string.
-func efiString(b []byte) string {
-	if len(b) < 4 {
-		return ""
-	}
-	b = b[4:]
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b); i += 2 {
-		c := binary.LittleEndian.Uint16(b[i:])
-		if c == 0 {
-			break
-		}
-		u = append(u, c)
-	}
-	return string(utf16.Decode(u))
-}
-
-// openVerity maps dev through dm-verity with the table from the command line
-// and returns the mapped device.
-func openVerity(cmdline, dev string, v *api.Verity) (string, error) {
-	arg, ok := cmdlineValue(cmdline, verityArg)
-	if !ok {
-		return "", fmt.Errorf("no %s= on the kernel command line", verityArg)
-	}
-	t, err := parseVerity(arg)
-	if err != nil {
-		return "", err
-	}
-	v.RootHash = t.rootHex
-	v.DataBlocks = t.dataBlocks
-	v.DataBlockSize = t.dataBlockSize
-	if dev == "" {
-		return "", errors.New("the slot's partition has no device node")
-	}
-	mapped, err := dmCreate("system", "qcluster-system", []dmTarget{{start: 0, length: t.sectors(), typ: "verity", params: t.params(dev)}})
-	if err != nil {
-		return "", err
-	}
-	v.MappedDevice = mapped
-	return mapped, nil
-}
-
-// readAll reads a device to its end; with dm-verity underneath, any block
-// that does not match the hash tree fails with EIO.
-func readAll(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		n, err := f.Read(buf)
-		off += int64(n)
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read back near byte %d: %w", off, err)
-		}
-	}
 }
 
 // Files the agent keeps on DATA.

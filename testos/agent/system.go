@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -17,44 +16,6 @@ import (
 
 	"github.com/qcluster/qcluster/testos/api"
 )
-
-// earlyMounts mounts the kernel's file systems PID 1 needs.
-func earlyMounts() error {
-	for _, m := range []struct {
-		src, dir, fstype string
-		flags            uintptr
-		data             string
-	}{
-		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
-		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
-		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
-	} {
-		if err := os.MkdirAll(m.dir, 0o755); err != nil {
-			return fmt.Errorf("mount %s: %w", m.dir, err)
-		}
-		if err := unix.Mount(m.src, m.dir, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.dir, err)
-		}
-	}
-	return nil
-}
-
-// efiVarsDir is where efivarfs is mounted.
-const efiVarsDir = "/sys/firmware/efi/efivars"
-
-// mountEFIVars mounts efivarfs when the machine booted through UEFI (the
-// efivarfs module is loaded by then). Without it the slot falls back to A.
-func mountEFIVars(log *slog.Logger) {
-	if _, err := os.Stat("/sys/firmware/efi"); err != nil {
-		log.Info("no EFI firmware interface: booted without UEFI")
-		return
-	}
-	if err := unix.Mount("efivarfs", efiVarsDir, "efivarfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC|unix.MS_RDONLY, ""); err != nil && !errors.Is(err, unix.EBUSY) {
-		log.Warn("mount efivarfs", "dir", efiVarsDir, "err", err)
-	}
-}
 
 // execMu keeps the zombie reaper from stealing the exit status of a child
 // the agent waits for: commands hold it for reading, the reaper for writing.

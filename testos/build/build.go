@@ -41,7 +41,7 @@ const (
 	architecture   = "x86_64"
 	// recipeVersion changes the input hash when the recipe changes in a way
 	// the builder's own binary would not show (it is part of the hash too).
-	recipeVersion = "testos-recipe-1"
+	recipeVersion = "testos-recipe-2"
 )
 
 // modules are the kernel modules the agent loads, in this order (with their
@@ -71,6 +71,7 @@ type options struct {
 	out     string // output directory
 	cache   string // third_party/fetch.sh's cache; default: the repository's
 	agent   string // prebuilt agent; default: built from ./testos/agent
+	init    string // prebuilt stage 1; default: built from ./testos/init
 	force   bool
 	verbose bool
 }
@@ -88,7 +89,8 @@ type result struct {
 type inputs struct {
 	abi      string            // kernel ABI, e.g. 6.1.0-56-cloud-amd64
 	versions map[string]string // Debian package → version
-	agent    []byte
+	agent    []byte            // the agent, /sbin/qcluster-agent of the system
+	init     []byte            // stage 1, /init of the initramfs
 	vmlinuz  []byte
 	stub     []byte
 	loader   string // path
@@ -100,7 +102,7 @@ type inputs struct {
 func build(ctx context.Context, log *slog.Logger, o options) (*result, error) {
 	start := time.Now()
 	var root string
-	if o.cache == "" || o.agent == "" {
+	if o.cache == "" || o.agent == "" || o.init == "" {
 		r, err := resolve.RepoRoot()
 		if err != nil {
 			return nil, fmt.Errorf("find the repository (for the agent's source and the cache): %w", err)
@@ -119,7 +121,7 @@ func build(ctx context.Context, log *slog.Logger, o options) (*result, error) {
 	}
 	defer os.RemoveAll(work)
 
-	in, err := gatherInputs(ctx, log, root, o.cache, o.agent, work)
+	in, err := gatherInputs(ctx, log, root, o, work)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +192,8 @@ func build(ctx context.Context, log *slog.Logger, o options) (*result, error) {
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // gatherInputs builds the agent and reads every input, hashing them all.
-func gatherInputs(ctx context.Context, log *slog.Logger, root, cache, agent, work string) (*inputs, error) {
+func gatherInputs(ctx context.Context, log *slog.Logger, root string, o options, work string) (*inputs, error) {
+	cache := o.cache
 	in := &inputs{system: map[string]string{}}
 	h := sha256.New()
 	add := func(name string, b []byte) {
@@ -223,24 +226,35 @@ func gatherInputs(ctx context.Context, log *slog.Logger, root, cache, agent, wor
 		}
 	}
 
-	if agent == "" {
-		t := time.Now()
-		agent = filepath.Join(work, "agent")
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "./testos/agent")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("build the agent: go build ./testos/agent: %w\n%s", err, out)
+	for _, b := range []struct {
+		name, pkg, prebuilt string
+		dst                 *[]byte
+	}{
+		{"agent", "./testos/agent", o.agent, &in.agent},
+		{"init", "./testos/init", o.init, &in.init},
+	} {
+		p := b.prebuilt
+		if p == "" {
+			t := time.Now()
+			p = filepath.Join(work, b.name)
+			// grpcnotrace drops golang.org/x/net/trace (and with it
+			// html/template): 2 MB less agent.
+			cmd := exec.CommandContext(ctx, "go", "build", "-tags=grpcnotrace", "-trimpath", "-ldflags=-s -w", "-o", p, b.pkg)
+			cmd.Dir = root
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("build the %s: go build %s: %w\n%s", b.name, b.pkg, err, out)
+			}
+			log.Debug("go build", "package", b.pkg, "took", time.Since(t))
 		}
-		log.Debug("agent", "took", time.Since(t))
+		if err := checkStatic(p); err != nil {
+			return nil, err
+		}
+		if *b.dst, err = os.ReadFile(p); err != nil {
+			return nil, fmt.Errorf("read the %s: %w", b.name, err)
+		}
+		add(b.name, *b.dst)
 	}
-	if in.agent, err = os.ReadFile(agent); err != nil {
-		return nil, fmt.Errorf("read the agent: %w", err)
-	}
-	if err := checkAgent(agent); err != nil {
-		return nil, err
-	}
-	add("agent", in.agent)
 
 	croot := filepath.Join(cache, "root")
 	if in.vmlinuz, err = os.ReadFile(filepath.Join(croot, "boot", "vmlinuz-"+in.abi)); err != nil {
@@ -366,20 +380,20 @@ func systemFiles(croot string, files map[string]string) error {
 	return nil
 }
 
-// checkAgent refuses an agent that cannot be PID 1 of an x86-64 guest
+// checkStatic refuses a program that cannot be PID 1 of an x86-64 guest
 // without a libc: not ELF, not x86-64, or dynamically linked.
-func checkAgent(p string) error {
+func checkStatic(p string) error {
 	f, err := elf.Open(p)
 	if err != nil {
-		return fmt.Errorf("agent %s: %w", p, err)
+		return fmt.Errorf("guest program %s: %w", p, err)
 	}
 	defer f.Close()
 	if f.Machine != elf.EM_X86_64 {
-		return fmt.Errorf("agent %s: built for %v, want x86-64", p, f.Machine)
+		return fmt.Errorf("guest program %s: built for %v, want x86-64", p, f.Machine)
 	}
 	for _, prog := range f.Progs {
 		if prog.Type == elf.PT_INTERP {
-			return fmt.Errorf("agent %s: dynamically linked (build it with CGO_ENABLED=0)", p)
+			return fmt.Errorf("guest program %s: dynamically linked (build it with CGO_ENABLED=0)", p)
 		}
 	}
 	return nil
@@ -436,17 +450,14 @@ func osRelease(info productInfoJSON) string {
 		info.Name, info.ID, info.Version, info.Name+" "+info.Version, info.BuildInfo)
 }
 
-// buildInitramfs writes the initramfs: /init (the agent), /dev/console, the
-// directories the agent mounts on, product information and the modules,
-// compressed with zstd.
+// buildInitramfs writes the initramfs: /init (stage 1), /dev/console, the
+// directories the agent mounts on, os-release and the modules, compressed
+// with zstd. The agent itself lives in the system partition: the initramfs
+// is part of the UKI, which a measured boot hashes several times.
 func buildInitramfs(in *inputs, info productInfoJSON) ([]byte, error) {
 	var raw bytes.Buffer
 	w := cpio.NewWriter(&raw, 0)
-	pi, err := json.MarshalIndent(info, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", "etc/qcluster", "system", "data", "lib", "lib/modules"} {
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", "system", "data", "lib", "lib/modules"} {
 		if err := w.Dir(d, 0o755); err != nil {
 			return nil, err
 		}
@@ -454,8 +465,7 @@ func buildInitramfs(in *inputs, info productInfoJSON) ([]byte, error) {
 	steps := []error{
 		w.CharDev("dev/console", 0o600, 5, 1),
 		w.CharDev("dev/null", 0o666, 1, 3),
-		w.File("init", 0o755, in.agent),
-		w.File("etc/qcluster/product-info.json", 0o644, append(pi, '\n')),
+		w.File("init", 0o755, in.init),
 		w.File("etc/os-release", 0o644, []byte(osRelease(info))),
 		w.Symlink("etc/mtab", "/proc/self/mounts"),
 		kmod.AddToArchive(w, in.mods),
@@ -465,7 +475,7 @@ func buildInitramfs(in *inputs, info productInfoJSON) ([]byte, error) {
 		return nil, fmt.Errorf("write initramfs: %w", err)
 	}
 	var z bytes.Buffer
-	enc, err := zstd.NewWriter(&z, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1))
+	enc, err := zstd.NewWriter(&z, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return nil, err
 	}
@@ -489,6 +499,7 @@ func buildSystem(in *inputs, info productInfoJSON, p string) (verity.Table, int6
 		{Path: "etc/os-release", Mode: 0o644, Data: erofs.Bytes(osRelease(info))},
 		{Path: "etc/qcluster/version", Mode: 0o644, Data: erofs.Bytes(info.Version + "\n")},
 		{Path: "etc/qcluster/product-info.json", Mode: 0o644, Data: erofs.Bytes(append(pi, '\n'))},
+		{Path: "sbin/qcluster-agent", Mode: 0o755, Data: erofs.Bytes(in.agent)},
 	}
 	for _, sp := range sortedKeys(in.system) {
 		b, err := os.ReadFile(in.system[sp])

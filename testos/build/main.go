@@ -2,11 +2,12 @@
 //
 //	go run ./testos/build --out out
 //
-// (or with --cache DIR --agent FILE, as Bazel's os_image rule runs it)
+// (or with --cache DIR --agent FILE --init FILE, as Bazel's os_image rule runs it)
 // writes out/testos (the OCI layout: payloads "kernel.efi", the UKI, and
 // "system", the EROFS system file system with its dm-verity tree appended)
-// and out/loader.efi (systemd-boot). Its inputs are the agent (built here
-// with the host's go command, CGO_ENABLED=0) and the Debian artifacts that
+// and out/loader.efi (systemd-boot). Its inputs are stage 1 (testos/init, the
+// initramfs's /init) and the agent (testos/agent, in the system partition),
+// built here with the host's go command (CGO_ENABLED=0), and the Debian artifacts that
 // third_party/fetch.sh unpacked into third_party/cache. When no input changed
 // since the last build (out/testos.stamp holds their hash) it does nothing.
 //
@@ -27,6 +28,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "out", "output directory: the image goes to OUT/testos, the loader to OUT/loader.efi")
 	flag.StringVar(&o.cache, "cache", "", "third_party/fetch.sh's cache (default: third_party/cache in the repository)")
 	flag.StringVar(&o.agent, "agent", "", "a prebuilt agent (linux/amd64, static) instead of building ./testos/agent with the go command")
+	flag.StringVar(&o.init, "init", "", "a prebuilt stage 1 (linux/amd64, static) instead of building ./testos/init with the go command")
 	flag.BoolVar(&o.force, "force", false, "rebuild even when the inputs are unchanged")
 	flag.BoolVar(&o.verbose, "v", false, "log every step")
 	flag.Parse()

@@ -1,4 +1,4 @@
-package main
+package boot
 
 import (
 	"bytes"
@@ -13,92 +13,92 @@ import (
 
 // Partition type GUIDs and names of the node disk (see imagebuild/disk).
 const (
-	typeESP    = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-	typeSystem = "1A69CDF2-156F-41D0-B76D-DC7AC56AF881"
-	typeData   = "D1044D20-8E0E-4ABF-8522-0C9D469098A3"
+	TypeESP    = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+	TypeSystem = "1A69CDF2-156F-41D0-B76D-DC7AC56AF881"
+	TypeData   = "D1044D20-8E0E-4ABF-8522-0C9D469098A3"
 )
 
-// errNoGPT says a device carries no valid GPT.
-var errNoGPT = errors.New("no GPT")
+// ErrNoGPT says a device carries no valid GPT.
+var ErrNoGPT = errors.New("no GPT")
 
-// gptPart is one used entry of a GPT partition array.
-type gptPart struct {
-	number   int // 1-based index in the array
-	name     string
-	typeGUID string // upper case, dashed
-	partGUID string
-	firstLBA uint64
-	lastLBA  uint64 // inclusive
+// Part is one used entry of a GPT partition array.
+type Part struct {
+	Number   int // 1-based index in the array
+	Name     string
+	TypeGUID string // upper case, dashed
+	PartGUID string
+	FirstLBA uint64 // in sectors
+	LastLBA  uint64 // in sectors, inclusive
 }
 
 // sizeBytes is the partition's size for sectorSize-byte sectors.
-func (p gptPart) sizeBytes(sectorSize int) uint64 {
-	return (p.lastLBA - p.firstLBA + 1) * uint64(sectorSize)
+func (p Part) SizeBytes(sectorSize int) uint64 {
+	return (p.LastLBA - p.FirstLBA + 1) * uint64(sectorSize)
 }
 
-// readGPT reads the primary GPT of a disk with sectorSize-byte sectors (UEFI
+// ReadGPT reads the primary GPT of a disk with sectorSize-byte sectors (UEFI
 // 2.10 §5.3.2 "GPT Header", §5.3.3 "GPT Partition Entry Array"), checking
 // signature, header and array CRC32s. Unused entries (zero type) are skipped.
-func readGPT(r io.ReaderAt, sectorSize int) ([]gptPart, error) {
+func ReadGPT(r io.ReaderAt, sectorSize int) ([]Part, error) {
 	hdr := make([]byte, sectorSize)
 	if _, err := r.ReadAt(hdr, int64(sectorSize)); err != nil {
 		return nil, fmt.Errorf("read GPT header: %w", err)
 	}
 	le := binary.LittleEndian
 	if !bytes.Equal(hdr[0:8], []byte("EFI PART")) {
-		return nil, errNoGPT
+		return nil, ErrNoGPT
 	}
 	hdrSize := le.Uint32(hdr[12:16])
 	if hdrSize < 92 || int(hdrSize) > sectorSize {
-		return nil, fmt.Errorf("GPT header size %d out of range: %w", hdrSize, errNoGPT)
+		return nil, fmt.Errorf("GPT header size %d out of range: %w", hdrSize, ErrNoGPT)
 	}
 	h := append([]byte(nil), hdr[:hdrSize]...)
 	wantCRC := le.Uint32(h[16:20])
 	clear(h[16:20])
 	if got := crc32.ChecksumIEEE(h); got != wantCRC {
-		return nil, fmt.Errorf("GPT header CRC32 %#08x, stored %#08x: %w", got, wantCRC, errNoGPT)
+		return nil, fmt.Errorf("GPT header CRC32 %#08x, stored %#08x: %w", got, wantCRC, ErrNoGPT)
 	}
 	entriesLBA := le.Uint64(hdr[72:80])
 	count := le.Uint32(hdr[80:84])
 	entrySize := le.Uint32(hdr[84:88])
 	arrayCRC := le.Uint32(hdr[88:92])
 	if entrySize < 128 || entrySize%8 != 0 || count > 1024 {
-		return nil, fmt.Errorf("GPT: %d entries of %d bytes is out of range: %w", count, entrySize, errNoGPT)
+		return nil, fmt.Errorf("GPT: %d entries of %d bytes is out of range: %w", count, entrySize, ErrNoGPT)
 	}
 	array := make([]byte, int(count)*int(entrySize))
 	if _, err := r.ReadAt(array, int64(entriesLBA)*int64(sectorSize)); err != nil {
 		return nil, fmt.Errorf("read GPT partition array at LBA %d: %w", entriesLBA, err)
 	}
 	if got := crc32.ChecksumIEEE(array); got != arrayCRC {
-		return nil, fmt.Errorf("GPT partition array CRC32 %#08x, stored %#08x: %w", got, arrayCRC, errNoGPT)
+		return nil, fmt.Errorf("GPT partition array CRC32 %#08x, stored %#08x: %w", got, arrayCRC, ErrNoGPT)
 	}
-	var parts []gptPart
+	var parts []Part
 	for i := range int(count) {
 		e := array[i*int(entrySize) : (i+1)*int(entrySize)]
 		if allZero(e[0:16]) {
 			continue
 		}
-		p := gptPart{
-			number:   i + 1,
-			typeGUID: guidString(e[0:16]),
-			partGUID: guidString(e[16:32]),
-			firstLBA: le.Uint64(e[32:40]),
-			lastLBA:  le.Uint64(e[40:48]),
-			name:     utf16Name(e[56:128]),
+		p := Part{
+			Number:   i + 1,
+			TypeGUID: guidString(e[0:16]),
+			PartGUID: guidString(e[16:32]),
+			FirstLBA: le.Uint64(e[32:40]),
+			LastLBA:  le.Uint64(e[40:48]),
+			Name:     utf16Name(e[56:128]),
 		}
-		if p.lastLBA < p.firstLBA {
-			return nil, fmt.Errorf("GPT entry %d (%q): last LBA %d before first LBA %d", p.number, p.name, p.lastLBA, p.firstLBA)
+		if p.LastLBA < p.FirstLBA {
+			return nil, fmt.Errorf("GPT entry %d (%q): last LBA %d before first LBA %d", p.Number, p.Name, p.LastLBA, p.FirstLBA)
 		}
 		parts = append(parts, p)
 	}
 	return parts, nil
 }
 
-// findPart returns the partition with the given type and name.
-func findPart(parts []gptPart, typeGUID, name string) (gptPart, error) {
-	var found []gptPart
+// FindPart returns the partition with the given type and name.
+func FindPart(parts []Part, typeGUID, name string) (Part, error) {
+	var found []Part
 	for _, p := range parts {
-		if p.typeGUID == typeGUID && p.name == name {
+		if p.TypeGUID == typeGUID && p.Name == name {
 			found = append(found, p)
 		}
 	}
@@ -106,9 +106,9 @@ func findPart(parts []gptPart, typeGUID, name string) (gptPart, error) {
 	case 1:
 		return found[0], nil
 	case 0:
-		return gptPart{}, fmt.Errorf("no partition %q of type %s in the GPT", name, typeGUID)
+		return Part{}, fmt.Errorf("no partition %q of type %s in the GPT", name, typeGUID)
 	default:
-		return gptPart{}, fmt.Errorf("%d partitions %q of type %s in the GPT", len(found), name, typeGUID)
+		return Part{}, fmt.Errorf("%d partitions %q of type %s in the GPT", len(found), name, typeGUID)
 	}
 }
 

@@ -1,4 +1,4 @@
-package main
+package boot
 
 import (
 	"bytes"
@@ -66,11 +66,11 @@ func dmRequest(nr uintptr) uintptr {
 	return (iocWrite|iocRead)<<30 | dmIoctlSize<<16 | 0xfd<<8 | nr
 }
 
-// dmTarget is one line of a device-mapper table.
-type dmTarget struct {
-	start, length uint64 // 512-byte sectors
-	typ           string // e.g. "verity"
-	params        string
+// DMTarget is one line of a device-mapper table.
+type DMTarget struct {
+	Start, Length uint64 // 512-byte sectors
+	Type          string // e.g. "verity"
+	Params        string
 }
 
 // newDMIoctl fills the header fields every command needs.
@@ -90,18 +90,18 @@ func newDMIoctl(name string, flags uint32) (dmIoctl, error) {
 // marshalDM lays out header and targets as the kernel reads them: the
 // header, then each spec followed by its parameters, NUL-terminated and
 // padded to 8 bytes.
-func marshalDM(io dmIoctl, targets []dmTarget) ([]byte, error) {
+func marshalDM(io dmIoctl, targets []DMTarget) ([]byte, error) {
 	var payload bytes.Buffer
 	for _, t := range targets {
-		if len(t.typ) == 0 || len(t.typ) >= dmMaxTypeName {
-			return nil, fmt.Errorf("device-mapper target type %q: want 1 to %d bytes", t.typ, dmMaxTypeName-1)
+		if len(t.Type) == 0 || len(t.Type) >= dmMaxTypeName {
+			return nil, fmt.Errorf("device-mapper target type %q: want 1 to %d bytes", t.Type, dmMaxTypeName-1)
 		}
-		p := append([]byte(t.params), 0)
+		p := append([]byte(t.Params), 0)
 		for (dmSpecSize+len(p))%8 != 0 {
 			p = append(p, 0)
 		}
-		spec := dmTargetSpec{SectorStart: t.start, Length: t.length, Next: uint32(dmSpecSize + len(p))}
-		copy(spec.TargetType[:], t.typ)
+		spec := dmTargetSpec{SectorStart: t.Start, Length: t.Length, Next: uint32(dmSpecSize + len(p))}
+		copy(spec.TargetType[:], t.Type)
 		if err := binary.Write(&payload, binary.LittleEndian, spec); err != nil {
 			return nil, err
 		}
@@ -119,7 +119,7 @@ func marshalDM(io dmIoctl, targets []dmTarget) ([]byte, error) {
 
 // dmCall issues one DM ioctl on the control device and returns the header
 // the kernel wrote back.
-func dmCall(ctl *os.File, nr uintptr, io dmIoctl, targets []dmTarget) (dmIoctl, error) {
+func dmCall(ctl *os.File, nr uintptr, io dmIoctl, targets []DMTarget) (dmIoctl, error) {
 	buf, err := marshalDM(io, targets)
 	if err != nil {
 		return dmIoctl{}, err
@@ -134,9 +134,9 @@ func dmCall(ctl *os.File, nr uintptr, io dmIoctl, targets []dmTarget) (dmIoctl, 
 	return out, nil
 }
 
-// dmCreate creates a read-only device-mapper device name with the given
+// DMCreate creates a read-only device-mapper device name with the given
 // table, resumes it and makes /dev/mapper/<name>. It returns that path.
-func dmCreate(name, uuid string, targets []dmTarget) (string, error) {
+func DMCreate(name, uuid string, targets []DMTarget) (string, error) {
 	ctl, err := os.OpenFile("/dev/mapper/control", os.O_RDWR, 0)
 	if err != nil {
 		return "", fmt.Errorf("device-mapper %s: %w", name, err)

@@ -1,0 +1,205 @@
+package boot
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf16"
+
+	"golang.org/x/sys/unix"
+)
+
+// FindDisk returns the first disk whose GPT has a DATA partition, and its
+// partitions. Modules load synchronously, but a disk may still be probing;
+// it waits up to 10 s.
+func FindDisk(ctx context.Context) (string, []Part, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	var seen []string
+	for {
+		seen = seen[:0]
+		ents, _ := os.ReadDir("/sys/block")
+		for _, e := range ents {
+			name := e.Name()
+			if strings.HasPrefix(name, "loop") || strings.HasPrefix(name, "ram") || strings.HasPrefix(name, "dm-") || strings.HasPrefix(name, "sr") {
+				continue
+			}
+			dev := "/dev/" + name
+			seen = append(seen, dev)
+			parts, err := readDiskGPT(dev)
+			if err != nil {
+				continue
+			}
+			for _, p := range parts {
+				if p.TypeGUID == TypeData {
+					return dev, parts, nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", nil, fmt.Errorf("find the node disk: no disk with a GPT DATA partition (type %s) among %v", TypeData, seen)
+		}
+		select {
+		case <-ctx.Done():
+			return "", nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// readDiskGPT reads the GPT of a block device.
+func readDiskGPT(dev string) ([]Part, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ss, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKSSZGET)
+	if err != nil {
+		return nil, fmt.Errorf("%s: BLKSSZGET: %w", dev, err)
+	}
+	if ss != 512 {
+		return nil, fmt.Errorf("%s: %d-byte sectors, want 512", dev, ss)
+	}
+	return ReadGPT(f, ss)
+}
+
+// PartDevice returns the device node of partition number n of disk, from
+// sysfs (so nvme0n1p2 works as well as vda2); "" when the kernel made none.
+func PartDevice(disk string, n int) string {
+	name := filepath.Base(disk)
+	ents, _ := os.ReadDir("/sys/block/" + name)
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/sys/block", name, e.Name(), "partition"))
+		if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(n) {
+			return "/dev/" + e.Name()
+		}
+	}
+	return ""
+}
+
+// EFIVarsDir is where efivarfs is mounted.
+const EFIVarsDir = "/sys/firmware/efi/efivars"
+
+// loaderEntryVar is systemd-boot's LoaderEntrySelected EFI variable
+// (vendor GUID 4a67b082-0a4c-41cf-b6c7-440b29bb8c4f): the entry it booted.
+const loaderEntryVar = EFIVarsDir + "/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+// Slot reads LoaderEntrySelected: "qcluster-b.efi" means B, "qcluster-a.efi"
+// A (source "efivar"); anything else or no variable means A (source
+// "default"). entry is the variable's value, "" if there is none.
+func Slot() (entry, slot, source string) {
+	b, err := os.ReadFile(loaderEntryVar)
+	if err != nil {
+		return "", "A", "default"
+	}
+	entry = efiString(b)
+	switch strings.ToLower(entry) {
+	case "qcluster-b.efi":
+		return entry, "B", "efivar"
+	case "qcluster-a.efi":
+		return entry, "A", "efivar"
+	}
+	return entry, "A", "default"
+}
+
+// efiString decodes an efivarfs file holding a UTF-16LE string: 4 bytes of
+// attributes, then the NUL-terminated string.
+func efiString(b []byte) string {
+	if len(b) < 4 {
+		return ""
+	}
+	b = b[4:]
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b); i += 2 {
+		c := binary.LittleEndian.Uint16(b[i:])
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return string(utf16.Decode(u))
+}
+
+// OpenVerity maps dev through dm-verity (device-mapper name MappedName) with
+// the table from the kernel command line and returns the mapped device.
+func OpenVerity(cmdline, dev string) (string, VerityTable, error) {
+	t, err := VerityFromCmdline(cmdline)
+	if err != nil {
+		return "", t, err
+	}
+	if dev == "" {
+		return "", t, errors.New("the slot's partition has no device node")
+	}
+	mapped, err := DMCreate(MappedName, "qcluster-"+MappedName, []DMTarget{{Start: 0, Length: t.Sectors(), Type: "verity", Params: t.Params(dev)}})
+	return mapped, t, err
+}
+
+// VerityFromCmdline parses the qcluster.verity argument of a command line.
+func VerityFromCmdline(cmdline string) (VerityTable, error) {
+	arg, ok := CmdlineValue(cmdline, VerityArg)
+	if !ok {
+		return VerityTable{}, fmt.Errorf("no %s= on the kernel command line", VerityArg)
+	}
+	return ParseVerity(arg)
+}
+
+// OpenSystem finds the node disk, picks the booted slot, opens it through
+// dm-verity and mounts it read-only (EROFS) on SystemMount. It returns the
+// slot's partition device and the mapped device.
+func OpenSystem(ctx context.Context) (slotDev, mapped string, err error) {
+	disk, parts, err := FindDisk(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	_, slot, _ := Slot()
+	sys, err := FindPart(parts, TypeSystem, "SYSTEM-"+slot)
+	if err != nil {
+		return "", "", fmt.Errorf("slot %s: %w", slot, err)
+	}
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return "", "", fmt.Errorf("read kernel command line: %w", err)
+	}
+	slotDev = PartDevice(disk, sys.Number)
+	mapped, t, err := OpenVerity(string(cmdline), slotDev)
+	if err != nil {
+		return slotDev, "", fmt.Errorf("verity: slot %s (%s): %w", slot, slotDev, err)
+	}
+	if err := os.MkdirAll(SystemMount, 0o755); err != nil {
+		return slotDev, mapped, err
+	}
+	if err := unix.Mount(mapped, SystemMount, "erofs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		return slotDev, mapped, fmt.Errorf("verity: mount %s (erofs, slot %s, root hash %s) on %s: %w", mapped, slot, t.RootHex, SystemMount, err)
+	}
+	return slotDev, mapped, nil
+}
+
+// ReadBack reads a device to its end and returns the bytes read. Under
+// dm-verity every block is checked against the hash tree as it is read, so a
+// block that does not match fails with EIO.
+func ReadBack(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, err := f.Read(buf)
+		off += int64(n)
+		if err == io.EOF {
+			return off, nil
+		}
+		if err != nil {
+			return off, fmt.Errorf("read back %s near byte %d: %w", path, off, err)
+		}
+	}
+}
