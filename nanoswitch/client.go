@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"net"
 
-	"golang.org/x/net/proxy"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/qcluster/qcluster/nanoswitch/api"
+	"github.com/qcluster/qcluster/nanoswitch/socks5"
 )
 
 // Client controls a switch running in another process (the nanoswitch
@@ -19,7 +19,7 @@ type Client struct {
 	ready  Ready
 	conn   *grpc.ClientConn
 	api    api.SwitchClient
-	dialer proxy.ContextDialer // nil without SOCKS5
+	dialer *socks5.Dialer // nil without SOCKS5
 }
 
 // Open connects to the switch described by a ready file. It does not wait:
@@ -35,11 +35,7 @@ func Open(readyFile string) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("nanoswitch: open %s: %w", readyFile, err)
 		}
-		d, err := proxy.SOCKS5("tcp", r.SOCKSAddress, &proxy.Auth{User: user, Password: pass}, proxy.Direct)
-		if err != nil {
-			return nil, fmt.Errorf("nanoswitch: open %s: socks5 %s: %w", readyFile, r.SOCKSAddress, err)
-		}
-		c.dialer = d.(proxy.ContextDialer)
+		c.dialer = &socks5.Dialer{Server: r.SOCKSAddress, Username: user, Password: pass}
 	}
 	conn, err := grpc.NewClient("unix://"+r.ControlSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -56,7 +52,7 @@ func (c *Client) Ready() Ready { return c.ready }
 func (c *Client) Close() error { return c.conn.Close() }
 
 // DialContext connects to a cluster address ("node0:7443") through the
-// switch's SOCKS5 server.
+// switch's SOCKS5 server. A refusal wraps a *socks5.ReplyError.
 func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	if c.dialer == nil {
 		return nil, fmt.Errorf("nanoswitch: dial %s: the switch has no SOCKS5 server", address)

@@ -17,8 +17,9 @@
 //     domain and search list included) and DNS for the cluster's names
 //     ("node0", "node0.<cluster>.qcluster.test", reverse names), and is the
 //     source of host connections: DialContext for Go callers, SOCKS5 on
-//     127.0.0.1 with per-cluster credentials for other tools. Both reach
-//     cluster addresses only.
+//     127.0.0.1 with per-cluster credentials for other tools (server and
+//     client in package nanoswitch/socks5). Both reach cluster addresses
+//     only.
 //   - Hermetic by default: guests reach the cluster's own addresses and
 //     nothing else; names outside the domain get NXDOMAIN. AllowOutbound
 //     proxies guests' TCP and UDP to the host's networks and resolves other

@@ -16,6 +16,8 @@ import (
 
 	"google.golang.org/grpc"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/qcluster/qcluster/nanoswitch/socks5"
 )
 
 // ErrClosed is returned by methods called after Close.
@@ -56,7 +58,8 @@ type Switch struct {
 	stack    *stack.Stack
 	services []func() error // closers of the servers on the stack
 
-	socks     *socksServer
+	socks     *socks5.Server
+	socksInfo SOCKSInfo
 	control   *grpc.Server
 	controlLn net.Listener
 }
@@ -355,7 +358,7 @@ func (s *Switch) Close() error {
 		s.controlLn.Close()
 	}
 	if s.socks != nil {
-		s.socks.close()
+		s.socks.Close()
 	}
 	for _, p := range ports {
 		if p.ln != nil {
