@@ -73,22 +73,22 @@ func ParseVerity(s string) (VerityTable, error) {
 		return t, fmt.Errorf("parse %s: hash start block %q is not a number", VerityArg, f[4])
 	}
 	t.Algorithm = f[5]
-	if t.Algorithm == "" || strings.ContainsAny(t.Algorithm, " \t") {
-		return t, fmt.Errorf("parse %s: empty algorithm", VerityArg)
+	if t.Algorithm == "" || strings.ContainsAny(t.Algorithm, " \t\n\x00") {
+		return t, fmt.Errorf("parse %s: algorithm %q is empty or holds white space", VerityArg, t.Algorithm)
 	}
 	if b, err := hex.DecodeString(f[6]); err != nil || len(b) < 16 {
 		return t, fmt.Errorf("parse %s: root hash %q is not hex of at least 16 bytes", VerityArg, f[6])
 	}
 	t.RootHex = f[6]
 	if f[7] != "-" {
-		if _, err := hex.DecodeString(f[7]); err != nil {
+		if _, err := hex.DecodeString(f[7]); err != nil || f[7] == "" {
 			return t, fmt.Errorf("parse %s: salt %q is neither hex nor -", VerityArg, f[7])
 		}
 	}
 	t.SaltHex = f[7]
 	for _, o := range f[8:] {
-		if o == "" {
-			return t, fmt.Errorf("parse %s: empty optional argument", VerityArg)
+		if o == "" || strings.ContainsAny(o, " \t\n\x00") {
+			return t, fmt.Errorf("parse %s: optional argument %q is empty or holds white space", VerityArg, o)
 		}
 		t.Optional = append(t.Optional, o)
 	}
