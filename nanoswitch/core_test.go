@@ -144,6 +144,12 @@ func TestStaticMACStays(t *testing.T) {
 	if _, err := sw.AddPort("p", mac(1)); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := sw.AddPort("q", mac(1)); err == nil {
+		t.Error("a second port got p's MAC")
+	}
+	if _, err := sw.AddPort("q", gatewayMAC); err == nil {
+		t.Error("a port got the gateway's MAC")
+	}
 	p := attachPeer(t, sw, "p", mac(1))
 	thief := attachPeer(t, sw, "thief", mac(1)) // sends from p's MAC
 	other := attachPeer(t, sw, "other", mac(3))

@@ -135,10 +135,17 @@ func (p *port) attachLink(conn net.Conn, sink func(bufs [][]byte) error) error {
 	if conn != nil {
 		n = 2
 	}
-	if err := p.sw.goroutines(n); err != nil {
-		return err
+	// Registered and made current under the switch's lock, so that Close
+	// either refuses it or finds it to close.
+	p.sw.mu.Lock()
+	if p.sw.closed {
+		p.sw.mu.Unlock()
+		return ErrClosed
 	}
-	if old := p.cur.Swap(l); old != nil {
+	p.sw.wg.Add(n)
+	old := p.cur.Swap(l)
+	p.sw.mu.Unlock()
+	if old != nil {
 		p.sw.cfg.Logger.Warn("port peer replaced by a new connection", "port", p.name)
 		old.close()
 	}

@@ -36,6 +36,7 @@ type Switch struct {
 	cfg    Config
 	tmpDir string // Dir, when New made it; removed by Close
 
+	portMu sync.Mutex // serialises AddPort and AttachConn's port creation
 	mu     sync.Mutex
 	closed bool
 	byName map[string]*port
@@ -169,18 +170,19 @@ func (s *Switch) addPort(p *port) error {
 	if _, ok := s.byName[p.name]; ok {
 		return fmt.Errorf("port %q exists", p.name)
 	}
-	s.byName[p.name] = p
-	all := slices.Clone(*s.ports.Load())
-	s.ports.Store(ptr(append(all, p)))
 	if p.mac != nil {
 		s.macMu.Lock()
+		defer s.macMu.Unlock()
+		if e, ok := s.macs[keyOf(p.mac)]; ok && e.static {
+			return fmt.Errorf("MAC %s belongs to port %s", p.mac, e.p.name)
+		}
 		s.macs[keyOf(p.mac)] = macEntry{p: p, static: true}
-		s.macMu.Unlock()
 	}
+	s.byName[p.name] = p
+	all := append(slices.Clone(*s.ports.Load()), p)
+	s.ports.Store(&all)
 	return nil
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // newPort makes a port and its capture file.
 func (s *Switch) newPort(name string, mac net.HardwareAddr) (*port, error) {
@@ -214,6 +216,8 @@ func (s *Switch) AddPort(name string, mac net.HardwareAddr) (string, error) {
 	if len(path) > 107 {
 		return "", fmt.Errorf("%s: socket path %s is %d bytes, UNIX sockets allow 107: use a shorter Dir", what, path, len(path))
 	}
+	s.portMu.Lock() // one port creation at a time: no races on names and paths
+	defer s.portMu.Unlock()
 	if s.port(name) != nil {
 		return "", fmt.Errorf("%s: port exists", what)
 	}
@@ -235,9 +239,6 @@ func (s *Switch) AddPort(name string, mac net.HardwareAddr) (string, error) {
 		}
 	}
 	if err != nil {
-		if s.port(name) != nil { // lost a race with another AddPort: the socket is its
-			ln.SetUnlinkOnClose(false)
-		}
 		ln.Close()
 		return "", fmt.Errorf("%s: %w", what, err)
 	}
@@ -284,21 +285,21 @@ func (s *Switch) AttachConn(name string, conn net.Conn) error {
 	if err := s.checkPortName(name, nil); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	s.portMu.Lock()
 	p := s.port(name)
 	if p == nil {
 		var err error
-		if p, err = s.newPort(name, nil); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		if err := s.addPort(p); err != nil {
-			if p.pcap != nil {
+		if p, err = s.newPort(name, nil); err == nil {
+			if err = s.addPort(p); err != nil && p.pcap != nil {
 				_ = p.pcap.close()
 			}
-			if p = s.port(name); p == nil { // not a lost race: closed
-				return fmt.Errorf("%s: %w", what, err)
-			}
+		}
+		if err != nil {
+			s.portMu.Unlock()
+			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
+	s.portMu.Unlock()
 	if err := p.attach(conn); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
