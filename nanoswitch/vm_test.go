@@ -28,6 +28,7 @@ import (
 
 	"github.com/qcluster/qcluster/internal/needs"
 	"github.com/qcluster/qcluster/internal/testvm"
+	"github.com/qcluster/qcluster/nanoswitch/socks5"
 )
 
 // Tests with real QEMU guests under TCG. The guest (testdata/guest) takes a
@@ -502,11 +503,22 @@ func TestGuests(t *testing.T) {
 			t.Fatalf("guest→guest: %q", reply)
 		}
 		t.Logf("guest→guest: %d MB in %s: %.1f MB/s", n/1_000_000, time.Duration(ns).Round(time.Millisecond), mbps(n, time.Duration(ns)))
-		cnt, d := sendToSink(t, sw.DialContext, "node1", n)
+		// and through SOCKS5, as an outside tool would
+		info, _ := sw.SOCKS()
+		socks := &socks5.Dialer{Server: info.Addr.String(), Username: info.Username, Password: info.Password}
+		cnt, d := sendToSink(t, socks.DialContext, "node1", n)
+		if cnt != n {
+			t.Fatalf("host→guest through SOCKS5: sink counted %d of %d bytes", cnt, n)
+		}
+		t.Logf("host→guest (SOCKS5): %d MB in %s: %.1f MB/s", n/1_000_000, d.Round(time.Millisecond), mbps(n, d))
+		before, _ := sw.Counters("node1")
+		cnt, d = sendToSink(t, sw.DialContext, "node1", n)
 		if cnt != n {
 			t.Fatalf("host→guest: sink counted %d of %d bytes", cnt, n)
 		}
-		t.Logf("host→guest (in-process dialer): %d MB in %s: %.1f MB/s", n/1_000_000, d.Round(time.Millisecond), mbps(n, d))
+		after, _ := sw.Counters("node1")
+		t.Logf("host→guest (in-process dialer): %d MB in %s: %.1f MB/s; frames to node1 %d, dropped %d",
+			n/1_000_000, d.Round(time.Millisecond), mbps(n, d), after.TxFrames-before.TxFrames, after.TxDrops-before.TxDrops)
 	})
 
 	t.Run("pcap", func(t *testing.T) {
@@ -597,8 +609,12 @@ func TestOutbound(t *testing.T) {
 	}
 	v := bootVM(t, qemu, g, vmOpts{name: "node0", netdev: fdNetdev(3), mac: leases[0].MAC, files: []*os.File{theirs}})
 	theirs.Close() // QEMU has its copy
-	if line := v.waitFor(t, "nsguest: lease", bootTimeout); !strings.Contains(line, "ip=10.42.0.10/24") {
+	line := v.waitFor(t, "nsguest: lease", bootTimeout)
+	if !strings.Contains(line, "ip=10.42.0.10/24") {
 		t.Errorf("lease over an inherited socket: %q", line)
+	}
+	if m := leaseLine.FindStringSubmatch(line); m != nil {
+		t.Logf("QEMU start → lease line %s (guest: link up → ACK %s ms)", time.Since(v.started).Round(time.Millisecond), m[7])
 	}
 	v.waitFor(t, "nsguest: ready", bootTimeout)
 	// The forwarder completes a guest's connection only once its own
