@@ -31,11 +31,11 @@ type Ready struct {
 
 // ReadyPort is one port in the ready file.
 type ReadyPort struct {
-	Name     string `json:"name"`
-	MAC      string `json:"mac"`
+	Name     string `json:"name"`               // port name (the node's)
+	MAC      string `json:"mac"`                // the node's MAC, "52:54:00:…"
 	Address  string `json:"address,omitempty"`  // its lease's address
 	Hostname string `json:"hostname,omitempty"` // its lease's host name
-	Socket   string `json:"socket"`
+	Socket   string `json:"socket"`             // the UNIX socket QEMU connects to
 }
 
 // WriteReady writes r to path atomically (a temporary file renamed into

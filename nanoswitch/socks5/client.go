@@ -38,7 +38,9 @@ func (e *ReplyError) Error() string {
 // authentication.
 type Dialer struct {
 	// Server is the proxy's "host:port".
-	Server             string
+	Server string
+	// Username and Password are sent as RFC 1929 asks, at most 255 bytes
+	// each.
 	Username, Password string
 }
 
