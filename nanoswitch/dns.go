@@ -75,11 +75,28 @@ func (s *Switch) startDNS() error {
 	if err != nil {
 		return fmt.Errorf("tcp port %d: %w", dnsPort, err)
 	}
-	ls, err := s.serve(ln, s.serveDNSConn)
-	if err != nil {
+	s.services = append(s.services, ln.Close)
+	if err := s.goroutines(1); err != nil {
 		return err
 	}
-	s.services = append(s.services, ls.close)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed
+			}
+			if s.goroutines(1) != nil {
+				c.Close()
+				return
+			}
+			go func() { // ends at the latest when Close closes the stack
+				defer s.wg.Done()
+				defer c.Close()
+				s.serveDNSConn(c)
+			}()
+		}
+	}()
 	return nil
 }
 

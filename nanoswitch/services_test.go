@@ -1,6 +1,8 @@
 package nanoswitch
 
 import (
+	"encoding/binary"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -234,5 +236,36 @@ func TestPcap(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, GatewayPort+".pcap")); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestDNSOverTCP checks the TCP framing: a 2-byte length before each
+// message, several queries on one connection.
+func TestDNSOverTCP(t *testing.T) {
+	sw := newTestSwitch(t, Config{Name: "dns", Leases: testLeases()})
+	a, b := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sw.serveDNSConn(a)
+	}()
+	defer func() { b.Close(); <-done }()
+	for _, name := range []string{"node0.dns.qcluster.test.", "node1."} {
+		q := dnsQuery(t, name, dnsmessage.TypeA)
+		if _, err := b.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)); err != nil {
+			t.Fatal(err)
+		}
+		var l [2]byte
+		if _, err := io.ReadFull(b, l[:]); err != nil {
+			t.Fatal(err)
+		}
+		resp := make([]byte, binary.BigEndian.Uint16(l[:]))
+		if _, err := io.ReadFull(b, resp); err != nil {
+			t.Fatal(err)
+		}
+		var m dnsmessage.Message
+		if err := m.Unpack(resp); err != nil || len(m.Answers) != 1 {
+			t.Fatalf("%s over TCP: %v, %d answers", name, err, len(m.Answers))
+		}
 	}
 }
