@@ -6,4 +6,4 @@
 // gives the committed bytes.
 package api
 
-//go:generate ./generate.sh
+//go:generate ../../scripts/genproto.sh nanoswitch.proto

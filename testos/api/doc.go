@@ -6,7 +6,7 @@
 // checks that regenerating gives the committed bytes.
 package api
 
-//go:generate ./generate.sh
+//go:generate ../../scripts/genproto.sh testos.proto
 
 // DefaultListenPort is the TCP port the agent serves gRPC on when
 // Parameters.listen_port is 0.
