@@ -76,7 +76,7 @@ func (s *storageState) bring(ctx context.Context, log *slog.Logger, stage1 bool)
 	}
 	s.verity.RootHash, s.verity.DataBlocks, s.verity.DataBlockSize = t.RootHex, t.DataBlocks, t.DataBlockSize
 	s.verity.MappedDevice = "/dev/mapper/" + boot.MappedName
-	// Stage 1 opened the slot and read every block back before starting
+	// Stage 1 opened the slot and read every file back before starting
 	// the agent from it. Without stage 1 the agent does both, reading back
 	// while DATA is prepared.
 	verified := make(chan error, 1)
@@ -88,8 +88,8 @@ func (s *storageState) bring(ctx context.Context, log *slog.Logger, stage1 bool)
 		}
 		go func() {
 			start := time.Now()
-			n, err := boot.ReadBack(s.verity.MappedDevice)
-			log.Info("verity read-back", "device", s.verity.MappedDevice, "bytes", n, "took", time.Since(start).Round(time.Millisecond), "err", err)
+			n, err := boot.ReadBack(systemMount)
+			log.Info("verity read-back", "dir", systemMount, "bytes", n, "took", time.Since(start).Round(time.Millisecond), "err", err)
 			verified <- err
 		}()
 	}

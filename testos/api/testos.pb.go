@@ -82,7 +82,9 @@ type Verity_State int32
 
 const (
 	Verity_STATE_UNSPECIFIED Verity_State = 0
-	// The slot's device-mapper target is up and every block read back verified.
+	// The slot's device-mapper target is up, and every file of the system
+	// file system was read back through it (so every block in use verified)
+	// before anything ran from it.
 	Verity_STATE_OK    Verity_State = 1
 	Verity_STATE_ERROR Verity_State = 2
 )

@@ -217,8 +217,9 @@ func TestBootVerityFailure(t *testing.T) {
 	if sys == nil {
 		t.Fatal("no SYSTEM-A in the disk's GPT")
 	}
-	// 1 MiB in: inside the file system's data (it is a few MiB), away
-	// from the superblock, so mounting works and the read-back finds it.
+	// 1 MiB in: inside file data (the file system is ~15 MiB, nearly all
+	// files), away from the superblock, so mounting works and stage 1's
+	// read-back finds it.
 	off := sys.Offset() + 1<<20 + 123
 	b := make([]byte, 1)
 	if _, err := f.ReadAt(b, off); err != nil {

@@ -1,8 +1,8 @@
 // Command init is stage 1 of the testos guest, /init of the initramfs: it
 // mounts the kernel file systems, loads the initramfs's kernel modules
-// (virtio-rng first), opens the booted slot through dm-verity, reads it all
-// back (verifying every block), mounts it on /system and executes the agent
-// from there (/system/sbin/qcluster-agent),
+// (virtio-rng first), opens the booted slot through dm-verity, mounts it on
+// /system, reads every file back (verifying every block in use) and executes
+// the agent from there (/system/sbin/qcluster-agent),
 // which stays PID 1. It keeps the initramfs small (the UKI that holds it is
 // hashed several times by a measured boot) and puts the agent under
 // dm-verity. On any error it prints "qcluster-agent: fatal: <reason>" and
@@ -47,13 +47,13 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Every block is read (and so verified) before anything of the system
+	// Every file is read (and so verified) before anything of the system
 	// runs: a corrupted block fails here, with a message, instead of
 	// crashing the agent at a random page fault.
 	t := time.Now()
-	n, err := boot.ReadBack(mapped)
+	n, err := boot.ReadBack(boot.SystemMount)
 	if err != nil {
-		return fmt.Errorf("verity: system slot %s: %w", slotDev, err)
+		return fmt.Errorf("verity: system slot %s (%s): %w", slotDev, mapped, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(boot.Stage1Marker), 0o755); err != nil {
 		return err

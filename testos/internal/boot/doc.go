@@ -25,8 +25,8 @@ const (
 	MappedName = "system"
 	// AgentPath is the agent's path in the system file system.
 	AgentPath = SystemMount + "/sbin/qcluster-agent"
-	// Stage1Marker exists once stage 1 has opened, verified and mounted
-	// the system; it holds "<bytes verified> <milliseconds taken>".
+	// Stage1Marker exists once stage 1 has opened, mounted and read back
+	// the system; it holds "<file bytes verified> <milliseconds taken>".
 	Stage1Marker = "/run/qcluster/stage1-done"
 	// FatalPrefix starts the console line of a fatal error (testos/api's
 	// FatalPrefix says the same).
