@@ -14,10 +14,10 @@ load("@io_bazel_rules_go//go:def.bzl", "go_test")
 
 _BUILD_IMAGE = """\
 set -eu
-tool=$1 cache=$2 agent=$3 image=$4 loader=$5
+tool=$1 cache=$2 agent=$3 init=$4 image=$5 loader=$6
 work=$(mktemp -d "${TMPDIR:-/tmp}/os_image.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-"$tool" --out "$work" --cache "$cache" --agent "$agent"
+"$tool" --out "$work" --cache "$cache" --agent "$agent" --init "$init"
 cp -R "$work/testos/." "$image/"
 cp "$work/loader.efi" "$loader"
 """
@@ -34,12 +34,13 @@ def _os_image_impl(ctx):
     args.add(ctx.executable.tool)
     args.add(versions[0].dirname)
     args.add(ctx.executable.agent)
+    args.add(ctx.executable.init)
     args.add(image.path)
     args.add(loader.path)
     ctx.actions.run_shell(
         command = _BUILD_IMAGE,
         arguments = [args],
-        inputs = depset([ctx.executable.agent], transitive = [ctx.attr.cache[DefaultInfo].files]),
+        inputs = depset([ctx.executable.agent, ctx.executable.init], transitive = [ctx.attr.cache[DefaultInfo].files]),
         tools = [ctx.attr.tool[DefaultInfo].files_to_run],
         outputs = [image, loader],
         mnemonic = "OsImage",
@@ -59,7 +60,7 @@ blobs/sha256/...), and `loader`, the A/B loader. Their runfile paths are
 REPO/PACKAGE/NAME and REPO/PACKAGE/LOADER, e.g. qcluster/testos/image and
 qcluster/testos/loader.efi, which is where package resolve looks first.
 
-The tool is run as `TOOL --out DIR --cache CACHE --agent AGENT` and must write
+The tool is run as `TOOL --out DIR --cache CACHE --agent AGENT --init INIT` and must write
 DIR/testos and DIR/loader.efi. In the sandbox every input is a symbolic link
 into Bazel's trees: the tool must read through links, never copy them as
 links.
@@ -67,6 +68,12 @@ links.
     attrs = {
         "agent": attr.label(
             doc = "The guest's PID 1, a go_binary built for linux/amd64 without cgo.",
+            executable = True,
+            cfg = "target",
+            mandatory = True,
+        ),
+        "init": attr.label(
+            doc = "The guest's stage 1 (/init of the initramfs), a go_binary for linux/amd64 without cgo.",
             executable = True,
             cfg = "target",
             mandatory = True,
