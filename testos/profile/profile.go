@@ -21,7 +21,7 @@ import (
 )
 
 // DefaultPort is the agent's gRPC port.
-const DefaultPort = 7443
+const DefaultPort = api.DefaultListenPort
 
 // Profile is the testos profile. The zero value is ready to use.
 type Profile struct {
@@ -130,10 +130,7 @@ func (p *Profile) Shutdown(ctx context.Context, c *cluster.Cluster, node *cluste
 // ConsoleFailures are the agent's fatal line and dm-verity's corruption report.
 func (p *Profile) ConsoleFailures() []*regexp.Regexp {
 	return []*regexp.Regexp{
-		regexp.MustCompile(`qcluster-agent: fatal: .*`),
+		regexp.MustCompile(regexp.QuoteMeta(api.FatalPrefix) + `.*`),
 		regexp.MustCompile(`device-mapper: verity: .*data block .* is corrupted`),
 	}
 }
-
-// ReadyLine matches the agent's ready line on the console.
-var ReadyLine = regexp.MustCompile(`qcluster-agent: ready node=(\S+) addr=(\S+)`)
