@@ -22,7 +22,7 @@ func TestProcessHygiene(t *testing.T) {
 		if err := cmd.Process.Kill(); err != nil {
 			t.Fatal(err)
 		}
-		cmd.Wait()
+		<-cmd.waited
 		took := waitGone(t, "after SIGKILL of the cluster command", 2*time.Second, inSession(pid))
 		t.Logf("every helper gone %s after SIGKILL", took.Round(time.Millisecond))
 	})
@@ -81,9 +81,9 @@ func startBooting(t *testing.T) *command {
 	waitOutput(t, cmd.Stderr, "✓ Booting nodes", exited, 2*time.Minute)
 	have := map[string]bool{}
 	for _, p := range matching(inSession(cmd.Process.Pid)) {
-		have[p.Comm] = true
+		have[role(p)] = true
 	}
-	for _, comm := range []string{"qemu-system-x86", "swtpm", "nanoswitch"} {
+	for _, comm := range []string{"qemu", "swtpm", "nanoswitch"} {
 		if !have[comm] {
 			t.Errorf("no %s running while nodes boot (have %v)", comm, have)
 		}

@@ -121,11 +121,13 @@ func waitHealth(t testing.TB, c *cluster.Cluster, name string, want bool, within
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var last string
+	reported := map[string]bool{}
 	for {
 		m, err := members(ctx, c)
 		if err == nil {
 			for _, s := range steady {
-				if !m[s].GetHealthy() {
+				if !m[s].GetHealthy() && !reported[s] {
+					reported[s] = true
 					t.Errorf("%s not healthy at the leader while waiting for %s: %v", s, name, m[s])
 				}
 			}

@@ -100,6 +100,22 @@ func descendants(pid int) []proc {
 	return out
 }
 
+// role names a helper process of a cluster: "qemu", "swtpm" or
+// "nanoswitch" (also under another file name, through $QCLUSTER_NANOSWITCH),
+// else its comm.
+func role(p proc) string {
+	argv0, _, _ := strings.Cut(p.Cmdline, " ")
+	switch {
+	case p.Comm == "qemu-system-x86":
+		return "qemu"
+	case p.Comm == "swtpm":
+		return "swtpm"
+	case p.Comm == "nanoswitch", os.Getenv("QCLUSTER_NANOSWITCH") != "" && argv0 == os.Getenv("QCLUSTER_NANOSWITCH"):
+		return "nanoswitch"
+	}
+	return p.Comm
+}
+
 // mentioning matches processes whose command line contains s.
 func mentioning(s string) func(proc) bool {
 	return func(p proc) bool { return strings.Contains(p.Cmdline, s) }
