@@ -26,13 +26,17 @@ func TestFailFast(t *testing.T) {
 		setup func(t *testing.T, o *cluster.Options, k *killer)
 		// want: one of these in the error or console tail.
 		want []string
+		// inLog must be in the serial log file, which is complete once
+		// QEMU has exited (the error's line may be a prefix of its line).
+		inLog string
 	}{
 		{
 			name: "KernelPanic",
 			setup: func(t *testing.T, o *cluster.Options, _ *killer) {
 				o.Image = panicImage(t)
 			},
-			want: []string{"Kernel panic - not syncing: Attempted to kill init"},
+			want:  []string{"Kernel panic - not syncing"},
+			inLog: "Kernel panic - not syncing: Attempted to kill init",
 		},
 		{
 			name: "Verity",
@@ -109,6 +113,10 @@ func TestFailFast(t *testing.T) {
 			}
 			for _, l := range ne.ConsoleTail {
 				t.Logf("  | %s", l)
+			}
+			serial, _ := os.ReadFile(filepath.Join(o.LogDir, "node0", "console.log"))
+			if !bytes.Contains(serial, []byte(tc.inLog)) {
+				t.Errorf("the serial log does not say %q", tc.inLog)
 			}
 
 			// Latency: from the kill, or from the console's last line
