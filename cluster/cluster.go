@@ -40,6 +40,7 @@ import (
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/qcluster/qcluster/qemu"
 	"github.com/qcluster/qcluster/swtpm"
 )
 
@@ -236,7 +237,7 @@ func (c *Cluster) waitNode(ctx context.Context, n *Node) error {
 	}
 	go func() {
 		if line, err := vm.Console().WaitFor(ctx, c.failurePattern()); err == nil {
-			cancel(fmt.Errorf("console: %s", strings.TrimSpace(line)))
+			cancel(fmt.Errorf("console: %s", completeLine(ctx, vm.Console(), line)))
 		}
 	}()
 
@@ -270,6 +271,25 @@ func (c *Cluster) waitNode(ctx context.Context, n *Node) error {
 		case <-time.After(b.NextBackOff()):
 		}
 	}
+}
+
+// completeLine returns the console line that begins with partial, once it
+// has ended: a match can come while the line is still being written
+// ("Kernel panic - not syncing" before ": Attempted to kill init"). It waits
+// at most half a second for the end of the line.
+func completeLine(ctx context.Context, con *qemu.Console, partial string) string {
+	partial = strings.TrimSpace(partial)
+	next := con.Cursor() + 1 // a line after the one being written
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	_, _ = con.WaitForFrom(ctx, next, regexp.MustCompile(`.`))
+	tail := con.Tail(consoleTailLines)
+	for i := len(tail) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(tail[i]); strings.HasPrefix(l, partial) {
+			return l
+		}
+	}
+	return partial
 }
 
 // failurePattern matches the generic failure lines and the profile's.

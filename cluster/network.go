@@ -38,7 +38,7 @@ type network struct {
 func startSwitch(ctx context.Context, bin, dir string, plan *Plan, logDir string) (*network, error) {
 	readyFile := filepath.Join(dir, "ready.json")
 	args := []string{"--dir", dir, "--cluster", plan.Name, "--domain", plan.Domain,
-		"--subnet", plan.Subnet.String(), "--ready-file", readyFile, "--log-level", "warn"}
+		"--subnet", plan.Subnet.String(), "--ready-file", readyFile, "--log-level", "info"}
 	for _, n := range plan.Nodes {
 		args = append(args, "--node", n.Name+"="+n.MAC.String())
 	}
@@ -60,14 +60,15 @@ func startSwitch(ctx context.Context, bin, dir string, plan *Plan, logDir string
 	cmd.Stdout = logFile
 	cmd.Stderr = &syncWriter{w: nw.stderr, also: logFile, mu: &nw.mu}
 	waited, err := child.Start(cmd)
-	logFile.Close()
 	if err != nil {
+		logFile.Close()
 		w.Close()
 		return nil, fmt.Errorf("exec %s: %w", bin, err)
 	}
 	nw.waited = waited
 	go func() {
 		nw.err = <-waited
+		logFile.Close()
 		close(nw.exited)
 	}()
 
@@ -159,5 +160,6 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 		s.w.Next(s.w.Len() - 32<<10)
 	}
 	s.mu.Unlock()
+	s.also.Write(p)
 	return len(p), nil
 }

@@ -56,11 +56,10 @@ type config struct {
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
-	}
+	// The flag package prints the whole usage after every parse error; a
+	// mistake gets one line instead (run prints it), --help the usage.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	c := &config{}
 	o := &c.opts
 	var disk, timeout string
@@ -86,6 +85,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&o.FirmwareCode, "ovmf-code", "", "OVMF code image (default: discovered)")
 	fs.StringVar(&o.FirmwareVars, "ovmf-vars", "", "OVMF vars template (default: discovered)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stderr, usage)
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+		}
 		return nil, err
 	}
 	if fs.NArg() > 0 {

@@ -376,6 +376,12 @@ func (s *Switch) Close() error {
 		_ = s.services[i]()
 	}
 	if s.stack != nil {
+		// Close aborts open endpoints only; connections already closed but
+		// still finishing (FIN_WAIT, TIME_WAIT, towards a VM that is gone)
+		// would hold Wait for their whole timeouts.
+		for _, e := range s.stack.CleanupEndpoints() {
+			e.Abort()
+		}
 		s.stack.Close()
 		s.stack.Wait()
 	}

@@ -124,26 +124,36 @@ func abs(p string) string {
 
 const module = "github.com/qcluster/qcluster"
 
-// RepoRoot returns the directory of qcluster's go.mod, found from the working
-// directory upwards ($QCLUSTER_ROOT overrides).
+// RepoRoot returns the directory of qcluster's go.mod, found upwards from
+// the working directory, else from the running executable (so that
+// out/bin/cluster finds out/testos wherever it is started); $QCLUSTER_ROOT
+// overrides both.
 func RepoRoot() (string, error) {
 	if r := os.Getenv("QCLUSTER_ROOT"); r != "" {
 		return r, nil
 	}
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
+	var starts []string
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
 	}
-	for {
-		if isRoot(filepath.Join(dir, "go.mod")) {
-			return dir, nil
+	if exe, err := os.Executable(); err == nil {
+		if exe, err := filepath.EvalSymlinks(exe); err == nil {
+			starts = append(starts, filepath.Dir(exe))
 		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod of %s above the working directory", module)
-		}
-		dir = parent
 	}
+	for _, dir := range starts {
+		for {
+			if isRoot(filepath.Join(dir, "go.mod")) {
+				return dir, nil
+			}
+			parent := filepath.Dir(dir)
+			if parent == dir {
+				break
+			}
+			dir = parent
+		}
+	}
+	return "", fmt.Errorf("no go.mod of %s above the working directory or the executable", module)
 }
 
 func isRoot(gomod string) bool {

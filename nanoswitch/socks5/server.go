@@ -128,6 +128,23 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// track registers an upstream connection for Close; false if closed already.
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+}
+
 func (s *Server) logger() *slog.Logger {
 	if s.Logger == nil {
 		return slog.New(slog.DiscardHandler)
@@ -194,6 +211,12 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	defer up.Close()
+	// Close closes upstream connections too: a splice whose upstream peer
+	// is gone (a VM killed mid-connection) would otherwise read forever.
+	if !s.track(up) {
+		return
+	}
+	defer s.untrack(up)
 	var bound netip.AddrPort
 	if a, ok := up.LocalAddr().(*net.TCPAddr); ok {
 		bound = a.AddrPort()
