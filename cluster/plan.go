@@ -2,11 +2,12 @@ package cluster
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
+
+	"github.com/qcluster/qcluster/nanoswitch"
 )
 
 // Plan is everything decided about a cluster before anything starts: names,
@@ -31,25 +32,20 @@ type NodePlan struct {
 	Index int
 	// Name is "node<Index>"; FQDN is Name + "." + Plan.Domain.
 	Name, FQDN string
-	// Address is the node's static DHCP lease: host 10+Index of the subnet.
+	// Address is the node's static DHCP lease: host 10+Index of the subnet
+	// (nanoswitch.PlanLeases, which the switch uses).
 	Address netip.Addr
-	// MAC is derived from the cluster name and the index (locally
-	// administered, QEMU's 52:54:00 prefix), so it is stable across reboots.
+	// MAC is nanoswitch.NodeMAC: derived from the cluster name and the
+	// index, so it is stable across reboots and relaunches.
 	MAC      net.HardwareAddr
 	Identity Identity
 	Options  NodeOptions
 }
 
-// firstHost is the host number of node0; room below it is left for the
-// gateway and anything the switch may add.
-const firstHost = 10
-
 func makePlan(o Options) (*Plan, error) {
 	p := &Plan{Name: o.Name, Domain: o.Name + ".qcluster.test", Subnet: o.Subnet}
+	// A /24 or larger (withDefaults) holds nanoswitch.FirstNodeHost+maxNodes hosts.
 	p.Gateway = hostAddr(o.Subnet, 1)
-	if !o.Subnet.Contains(hostAddr(o.Subnet, firstHost+o.Nodes)) {
-		return nil, fmt.Errorf("subnet %s has no room for %d nodes from host .%d", o.Subnet, o.Nodes, firstHost)
-	}
 	pki, err := newPKI(o.Name)
 	if err != nil {
 		return nil, err
@@ -66,8 +62,8 @@ func makePlan(o Options) (*Plan, error) {
 		n := &NodePlan{
 			Index:   i,
 			Name:    fmt.Sprintf("node%d", i),
-			Address: hostAddr(o.Subnet, firstHost+i),
-			MAC:     nodeMAC(o.Name, i),
+			Address: hostAddr(o.Subnet, nanoswitch.FirstNodeHost+i),
+			MAC:     nanoswitch.NodeMAC(o.Name, i),
 			Options: nopts,
 		}
 		n.FQDN = n.Name + "." + p.Domain
@@ -85,12 +81,6 @@ func hostAddr(subnet netip.Prefix, h int) netip.Addr {
 	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 	v += uint32(h)
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
-}
-
-// nodeMAC derives a stable MAC from the cluster name and node index.
-func nodeMAC(cluster string, i int) net.HardwareAddr {
-	h := sha256.Sum256(fmt.Appendf(nil, "qcluster mac %s %d", cluster, i))
-	return net.HardwareAddr{0x52, 0x54, 0x00, h[0], h[1], h[2]}
 }
 
 func randomHex(n int) string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,21 +91,47 @@ func (c *Cluster) needsTPM() bool {
 // make; make builds out/bin/nanoswitch).
 func findNanoswitch(ctx context.Context, explicit string) (string, error) {
 	p, err := resolve.Find(resolve.Nanoswitch(explicit))
-	if err == nil || explicit != "" {
+	root, rerr := resolve.RepoRoot()
+	out := filepath.Join(root, "out", "bin", "nanoswitch")
+	if explicit != "" || (err == nil && (rerr != nil || p != out || !staleBinary(root, out))) {
 		return p, err
 	}
-	root, rerr := resolve.RepoRoot()
 	gobin, gerr := exec.LookPath("go")
 	if rerr != nil || gerr != nil {
+		if err == nil {
+			return p, nil // stale, but nothing to rebuild it with
+		}
 		return "", err
 	}
-	out := filepath.Join(root, "out", "bin", "nanoswitch")
 	build := exec.CommandContext(ctx, gobin, "build", "-o", out, "./nanoswitch/cmd/nanoswitch")
 	build.Dir = root
 	if b, berr := build.CombinedOutput(); berr != nil {
 		return "", fmt.Errorf("%w; building it failed too: %v: %s", err, berr, strings.TrimSpace(string(b)))
 	}
 	return out, nil
+}
+
+// staleBinary reports whether the repository's build of nanoswitch is older
+// than any of its sources (or go.mod), so that a developer's edit is never
+// run against an old binary.
+func staleBinary(root, bin string) bool {
+	st, err := os.Stat(bin)
+	if err != nil {
+		return true
+	}
+	stale := false
+	for _, dir := range []string{"nanoswitch", "go.mod", "go.sum"} {
+		filepath.WalkDir(filepath.Join(root, dir), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".go") || strings.HasPrefix(d.Name(), "go.")) {
+				if info, err := d.Info(); err == nil && info.ModTime().After(st.ModTime()) {
+					stale = true
+					return filepath.SkipAll
+				}
+			}
+			return nil
+		})
+	}
+	return stale
 }
 
 // prepareState makes the state, log and socket directories and the plan.
@@ -149,7 +176,7 @@ func (c *Cluster) prepareState(ctx context.Context) error {
 	}
 	// UNIX socket paths are limited to 108 bytes: keep sockets in a short
 	// directory of their own, whatever TMPDIR or TEST_TMPDIR is.
-	if c.sockDir, err = os.MkdirTemp("/tmp", "qc-"); err != nil {
+	if c.sockDir, err = os.MkdirTemp("/tmp", "qc-"+o.Name+"-"); err != nil {
 		return fmt.Errorf("socket directory: %w", err)
 	}
 	c.onUndo("remove socket directory", removeAll(c.sockDir))

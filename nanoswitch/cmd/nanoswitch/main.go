@@ -29,6 +29,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -235,8 +236,20 @@ func run(o options) error {
 
 	<-ctx.Done()
 	log.Info("stopping", "why", context.Cause(ctx))
-	return sw.Close()
+	// A helper that outlives its launcher is worse than an unclean stop:
+	// give the switch a bounded time to close, then exit regardless.
+	done := make(chan error, 1)
+	go func() { done <- sw.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(shutdownTimeout):
+		return fmt.Errorf("switch did not stop within %s; exiting anyway", shutdownTimeout)
+	}
 }
+
+// shutdownTimeout bounds Close once the switch is told to stop.
+const shutdownTimeout = 3 * time.Second
 
 // errParentGone ends the switch when the process that started it is gone.
 var errParentGone = errors.New("parent process gone")
