@@ -95,7 +95,7 @@ func (e Exit) String() string {
 	s := e.Kind.String()
 	switch {
 	case e.Signal != 0:
-		s += ": " + e.Signal.String()
+		s += " by " + unix.SignalName(e.Signal) // "killed by SIGKILL", not "killed: killed"
 	case e.Status != 0:
 		s += fmt.Sprintf(": exit status %d", e.Status)
 	}
