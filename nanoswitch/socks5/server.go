@@ -45,7 +45,10 @@ type Server struct {
 	closed bool
 	lns    map[net.Listener]struct{}
 	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	// dials holds the cancel functions of dials in progress: Close ends
+	// them rather than wait out their timeouts (a node that is not up yet).
+	dials map[*context.CancelFunc]struct{}
+	wg    sync.WaitGroup
 }
 
 // ReplyCode is the reply for a Dial error: ReplyNotAllowed for ErrNotAllowed,
@@ -76,7 +79,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		return nil
 	}
 	if s.lns == nil {
-		s.lns, s.conns = map[net.Listener]struct{}{}, map[net.Conn]struct{}{}
+		s.lns, s.conns, s.dials = map[net.Listener]struct{}{}, map[net.Conn]struct{}{}, map[*context.CancelFunc]struct{}{}
 	}
 	s.lns[ln] = struct{}{}
 	s.mu.Unlock()
@@ -122,6 +125,9 @@ func (s *Server) Close() error {
 	}
 	for c := range s.conns {
 		c.Close()
+	}
+	for cancel := range s.dials {
+		(*cancel)()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -202,7 +208,18 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	target := net.JoinHostPort(req.target(), fmt.Sprint(req.port))
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(timeout))
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		cancel()
+		return
+	}
+	s.dials[&cancel] = struct{}{}
+	s.mu.Unlock()
 	up, err := s.Dial(ctx, "tcp", target)
+	s.mu.Lock()
+	delete(s.dials, &cancel)
+	s.mu.Unlock()
 	cancel()
 	_ = c.SetWriteDeadline(time.Now().Add(timeout)) // for the reply, however long Dial took
 	if err != nil {
