@@ -180,6 +180,7 @@ var buildCommand = sync.OnceValues(func() (string, error) {
 type command struct {
 	*exec.Cmd
 	Tmp            string
+	keepTop        string // the repository's top directory under Tmp, if any
 	Stdout, Stderr *syncBuffer
 	waited         <-chan struct{} // closed once the command exited (start)
 }
@@ -195,15 +196,24 @@ func newCommand(t testing.TB, args ...string) *command {
 		t.Fatal(err)
 	}
 	c := &command{Tmp: t.TempDir(), Stdout: &syncBuffer{}, Stderr: &syncBuffer{}}
-	// Absolute paths: a case may run the command with a PATH of its own.
-	const script = `/bin/mount --bind "$1" /tmp && shift && exec "$@"`
-	argv := append([]string{"--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh", c.Tmp, bin}, args...)
-	c.Cmd = exec.Command("unshare", argv...)
 	// The repository, where the command finds out/ (none under Bazel: the
-	// runfiles directory, the test's own, serves).
+	// runfiles directory, the test's own, serves). A repository under /tmp
+	// (a CI clone, say) is bound into the private /tmp at the same path.
+	keep, dir := "", ""
 	if root, err := resolve.RepoRoot(); err == nil {
-		c.Dir = root
+		dir = root
+		if rest, ok := strings.CutPrefix(root, "/tmp/"); ok {
+			keep = "/" + rest
+			c.keepTop = strings.Split(rest, "/")[0]
+		}
 	}
+	// Absolute paths: a case may run the command with a PATH of its own.
+	const script = `tmp=$1 keep=$2; shift 2
+if [ -n "$keep" ]; then /bin/mkdir -p "$tmp$keep" && /bin/mount --bind "/tmp$keep" "$tmp$keep" || exit 1; fi
+/bin/mount --rbind "$tmp" /tmp && exec "$@"`
+	argv := append([]string{"--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh", c.Tmp, keep, bin}, args...)
+	c.Cmd = exec.Command("unshare", argv...)
+	c.Dir = dir
 	// State goes to the private /tmp (TEST_TMPDIR would override it).
 	c.Env = append(os.Environ(), "TMPDIR=/tmp", "TEST_TMPDIR=", "NO_COLOR=1")
 	c.Cmd.Stdout, c.Cmd.Stderr = c.Stdout, c.Stderr
@@ -217,6 +227,9 @@ func (c *command) leftovers() []string {
 	var left []string
 	entries, _ := os.ReadDir(c.Tmp)
 	for _, e := range entries {
+		if e.Name() == c.keepTop {
+			continue // the repository's mount point (newCommand)
+		}
 		left = append(left, "/tmp/"+e.Name())
 	}
 	if c.Process != nil {
