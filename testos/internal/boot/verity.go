@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // VerityArg is the kernel command line parameter that carries the system
@@ -73,7 +74,7 @@ func ParseVerity(s string) (VerityTable, error) {
 		return t, fmt.Errorf("parse %s: hash start block %q is not a number", VerityArg, f[4])
 	}
 	t.Algorithm = f[5]
-	if t.Algorithm == "" || strings.ContainsAny(t.Algorithm, " \t\n\x00") {
+	if t.Algorithm == "" || hasSpace(t.Algorithm) {
 		return t, fmt.Errorf("parse %s: algorithm %q is empty or holds white space", VerityArg, t.Algorithm)
 	}
 	if b, err := hex.DecodeString(f[6]); err != nil || len(b) < 16 {
@@ -87,7 +88,7 @@ func ParseVerity(s string) (VerityTable, error) {
 	}
 	t.SaltHex = f[7]
 	for _, o := range f[8:] {
-		if o == "" || strings.ContainsAny(o, " \t\n\x00") {
+		if o == "" || hasSpace(o) {
 			return t, fmt.Errorf("parse %s: optional argument %q is empty or holds white space", VerityArg, o)
 		}
 		t.Optional = append(t.Optional, o)
@@ -107,4 +108,10 @@ func (t VerityTable) Params(dev string) string {
 		p += fmt.Sprintf(" %d %s", len(t.Optional), strings.Join(t.Optional, " "))
 	}
 	return p
+}
+
+// hasSpace reports white space (any the kernel's table parser or
+// strings.Fields would split on) or NUL in a table field.
+func hasSpace(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return unicode.IsSpace(r) || r == 0 }) >= 0
 }
