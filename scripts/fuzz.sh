@@ -5,11 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fuzztime=${1:-10s}
 n=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 while read -r pkg; do
   dir=${pkg#github.com/qcluster/qcluster}
   for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' ".$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
     echo "fuzz: $pkg $f ($fuzztime)"
-    go test -run '^$' -fuzz "^$f\$" -fuzztime "$fuzztime" "$pkg" >/dev/null
+    if ! go test -run '^$' -fuzz "^$f\$" -fuzztime "$fuzztime" "$pkg" >"$log" 2>&1; then
+      cat "$log" >&2
+      echo "fuzz: $f failed; the input is in .$dir/testdata/fuzz/$f/ (keep it as a seed once fixed)" >&2
+      exit 1
+    fi
     n=$((n + 1))
   done
 done < <(go list ./...)
