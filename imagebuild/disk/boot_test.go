@@ -1,14 +1,10 @@
 package disk
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,9 +20,6 @@ import (
 // start of SYSTEM-A.
 func TestBootOVMF(t *testing.T) {
 	needs.Short(t, "boots a VM under TCG")
-	qemu := needs.Tool(t, "qemu-system-x86_64", "qemu-system-x86")
-	const code, vars = "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"
-	needs.File(t, code, "apt-get install ovmf")
 	const stubPath = "../../third_party/cache/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 	needs.File(t, stubPath, "make fetch")
 	stub, err := os.ReadFile(stubPath)
@@ -56,47 +49,15 @@ func TestBootOVMF(t *testing.T) {
 	if _, err := Write(context.Background(), img, opts); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(vars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	varsCopy := filepath.Join(dir, "vars.fd")
-	if err := os.WriteFile(varsCopy, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	start := time.Now()
-	q := exec.CommandContext(ctx, qemu,
-		"-machine", "q35", "-accel", "tcg", "-m", "512", "-nodefaults", "-display", "none", "-no-reboot",
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code,
-		"-drive", "if=pflash,format=raw,unit=1,file="+varsCopy,
-		"-drive", "if=virtio,format=raw,file="+img,
-		"-serial", "stdio")
-	q.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	q.Cancel = func() error { return syscall.Kill(-q.Process.Pid, syscall.SIGKILL) }
-	var stderr bytes.Buffer
-	q.Stderr = &stderr
-	out, err := q.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var console []string
+	console, werr := testvm.BootUEFI(t, img, 3*time.Minute)
 	got := map[string]string{}
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		console = append(console, line)
+	for _, line := range console {
 		if kv, ok := strings.CutPrefix(line, "disk-bootcheck: "); ok {
 			k, v, _ := strings.Cut(kv, "=")
 			got[k] = v
 		}
 	}
-	werr := q.Wait()
 	want := map[string]string{
 		"entry":      "qcluster-a.efi",
 		"partitions": "ESP,SYSTEM-A,SYSTEM-B,DATA",
@@ -108,8 +69,7 @@ func TestBootOVMF(t *testing.T) {
 		}
 	}
 	if t.Failed() || werr != nil {
-		t.Fatalf("qemu: %v, ctx: %v\nstderr: %s\nlast console lines:\n%s", werr, ctx.Err(), stderr.String(),
-			strings.Join(console[max(0, len(console)-30):], "\n"))
+		t.Fatalf("%v\nlast console lines:\n%s", werr, testvm.Tail(console, 30))
 	}
 	t.Logf("OVMF → systemd-boot → UKI → init → power-off in %v", time.Since(start))
 }

@@ -1,9 +1,7 @@
 package uki
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"debug/pe"
 	"encoding/binary"
@@ -13,12 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/qcluster/qcluster/imagebuild/cpio"
 	"github.com/qcluster/qcluster/internal/needs"
+	"github.com/qcluster/qcluster/internal/testvm"
 )
 
 const osRelease = "ID=qcluster\nNAME=\"qcluster test OS\"\nVERSION_ID=1\n"
@@ -276,12 +274,9 @@ func (shortBlob) Open() (io.ReadCloser, error) { return io.NopCloser(strings.New
 // TestBoot boots a UKI from an ESP under OVMF and waits for its init's marker.
 func TestBoot(t *testing.T) {
 	needs.Short(t, "boots a VM under TCG")
-	qemu := needs.Tool(t, "qemu-system-x86_64", "qemu-system-x86")
 	mkfs := needs.Tool(t, "mkfs.vfat", "dosfstools")
 	mcopy := needs.Tool(t, "mcopy", "mtools")
 	mmd := needs.Tool(t, "mmd", "mtools")
-	const code, vars = "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"
-	needs.File(t, code, "apt-get install ovmf")
 	abi, err := os.ReadFile("../../third_party/cache/kernel")
 	if err != nil {
 		needs.File(t, "../../third_party/cache/kernel", "run make fetch")
@@ -347,40 +342,10 @@ func TestBoot(t *testing.T) {
 			t.Fatalf("%q: %v\n%s", argv, err, out)
 		}
 	}
-	varsCopy := filepath.Join(dir, "vars.fd")
-	b, err := os.ReadFile(vars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(varsCopy, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	q := exec.CommandContext(ctx, qemu,
-		"-machine", "q35", "-accel", "tcg", "-m", "512", "-nodefaults", "-display", "none", "-no-reboot",
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code,
-		"-drive", "if=pflash,format=raw,unit=1,file="+varsCopy,
-		"-drive", "if=virtio,format=raw,file="+esp,
-		"-serial", "stdio")
-	q.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	q.Cancel = func() error { return syscall.Kill(-q.Process.Pid, syscall.SIGKILL) }
-	var stderr bytes.Buffer
-	q.Stderr = &stderr
-	out, err := q.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var console []string
+	start = time.Now()
+	console, werr := testvm.BootUEFI(t, esp, 120*time.Second)
 	found := false
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		console = append(console, line)
+	for _, line := range console {
 		if strings.HasPrefix(line, marker) {
 			found = true
 			if !strings.Contains(line, "uki_test_marker=42") {
@@ -388,13 +353,11 @@ func TestBoot(t *testing.T) {
 			}
 		}
 	}
-	werr := q.Wait()
 	if !found {
-		tail := console[max(0, len(console)-30):]
-		t.Fatalf("no marker on the serial console (qemu: %v, ctx: %v)\nstderr: %s\nlast lines:\n%s", werr, ctx.Err(), stderr.String(), strings.Join(tail, "\n"))
+		t.Fatalf("no marker on the serial console (%v)\nlast lines:\n%s", werr, testvm.Tail(console, 30))
 	}
 	if werr != nil {
-		t.Errorf("qemu after power-off: %v (%s)", werr, stderr.String())
+		t.Errorf("after power-off: %v", werr)
 	}
 	t.Logf("marker after %v", time.Since(start))
 }
