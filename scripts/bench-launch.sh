@@ -63,11 +63,14 @@ baseline() {
     # The launcher's command line, with the console to a file instead of the terminal.
     argv=$(tail -n1 "$work/ref/logs/node$i/qemu.sh" |
       sed "s#-chardev stdio,id=chr1,mux=on,signal=off -serial chardev:chr1 -mon chardev=chr1,mode=readline#-serial file:$work/a$run.node$i.log#")
-    eval "$argv" </dev/null >/dev/null 2>&1 &
+    # exec: the background job's PID is QEMU's own, so that kill reaches it.
+    eval "exec $argv" </dev/null >/dev/null 2>&1 &
     qpids+=($!)
     pids+=($!)
   done
+  local deadline=$(( $(ms) + 600000 ))
   while :; do
+    [ "$(ms)" -lt "$deadline" ] || { echo "bench-launch: bare QEMU run $run not ready in 10 minutes (logs: $work/a$run.node*.log)" >&2; return 1; }
     ready=0
     for i in $(seq 0 $((nodes - 1))); do
       grep -q 'qcluster-agent: ready' "$work/a$run.node$i.log" && ready=$((ready + 1))
@@ -78,6 +81,8 @@ baseline() {
   t1=$(ms)
   kill "${qpids[@]}" "$nspid" 2>/dev/null || true
   wait "${qpids[@]}" "$nspid" 2>/dev/null || true
+  # swtpm --terminate ends with QEMU's connection; make sure before the next run.
+  pkill -f "ctrl type=unixio,path=$sockdir/" 2>/dev/null || true
   rm -rf "$sockdir"
   echo $((t1 - t0))
 }
@@ -121,7 +126,8 @@ name=$(sed -n 's/^  "name": "\(.*\)",$/\1/p' "$work/ref.json" | head -n1)
 
 : >"$work/a.txt"; : >"$work/b.txt"; : >"$work/td.txt"; : >"$work/cpu.txt"
 for r in $(seq "$runs"); do
-  a=$(baseline "$r"); echo "$a" >>"$work/a.txt"
+  a=$(baseline "$r") || exit 1
+  echo "$a" >>"$work/a.txt"
   read -r total td cpu < <(launcher "$r")
   echo "$(awk -v t="$total" -v d="$td" 'BEGIN {print int(t - d)}')" >>"$work/b.txt"
   echo "$td" >>"$work/td.txt"
