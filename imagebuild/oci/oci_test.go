@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qcluster/qcluster/internal/testerr"
 
 	"github.com/opencontainers/go-digest"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -76,27 +77,6 @@ func writeTestLayout(t testing.TB, parent string) *testLayout {
 		t.Fatal(err)
 	}
 	return tl
-}
-
-// wantErr checks that err wraps sentinel (if not nil), is one line, and
-// mentions every one of subs.
-func wantErr(t *testing.T, err, sentinel error, subs ...string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("got no error, want one mentioning %q", subs)
-	}
-	msg := err.Error()
-	if strings.Contains(msg, "\n") {
-		t.Errorf("error is not one line: %q", msg)
-	}
-	if sentinel != nil && !errors.Is(err, sentinel) {
-		t.Errorf("error %q does not wrap %q", msg, sentinel)
-	}
-	for _, s := range subs {
-		if !strings.Contains(msg, s) {
-			t.Errorf("error %q does not mention %q", msg, s)
-		}
-	}
 }
 
 func readAll(t *testing.T, rc io.ReadCloser) []byte {
@@ -295,7 +275,7 @@ func TestCreateRefusesOtherDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := Create(dir)
-	wantErr(t, err, nil, "not empty", "refusing")
+	testerr.Want(t, err, nil, "not empty", "refusing")
 	if _, err := os.Stat(filepath.Join(dir, "precious")); err != nil {
 		t.Errorf("existing file lost: %v", err)
 	}
@@ -312,7 +292,7 @@ func TestAbortLeavesNothing(t *testing.T) {
 	}
 	// A manifest naming a blob that was never written fails the commit.
 	_, err = w.Commit(ispec.Manifest{Config: ispec.Descriptor{MediaType: "application/json", Digest: digest.FromString("nope"), Size: 4}})
-	wantErr(t, err, nil, "not written")
+	testerr.Want(t, err, nil, "not written")
 	if ents, _ := os.ReadDir(parent); len(ents) != 0 {
 		t.Errorf("failed commit left %v behind", ents)
 	}
@@ -345,28 +325,28 @@ func TestOpenMissingLayoutFile(t *testing.T) {
 	tl := writeTestLayout(t, t.TempDir())
 	os.Remove(filepath.Join(tl.dir, "oci-layout"))
 	_, err := Open(tl.dir)
-	wantErr(t, err, ErrLayout, "oci-layout is missing")
+	testerr.Want(t, err, ErrLayout, "oci-layout is missing")
 }
 
 func TestOpenWrongLayoutVersion(t *testing.T) {
 	tl := writeTestLayout(t, t.TempDir())
 	rewrite(t, tl.dir, "oci-layout", `{"imageLayoutVersion":"2.0.0"}`)
 	_, err := Open(tl.dir)
-	wantErr(t, err, ErrLayout, `imageLayoutVersion "2.0.0"`, "1.0.0")
+	testerr.Want(t, err, ErrLayout, `imageLayoutVersion "2.0.0"`, "1.0.0")
 }
 
 func TestOpenIndexWithNoManifest(t *testing.T) {
 	tl := writeTestLayout(t, t.TempDir())
 	rewrite(t, tl.dir, "index.json", indexWith(t))
 	_, err := Open(tl.dir)
-	wantErr(t, err, ErrLayout, "lists 0 manifests")
+	testerr.Want(t, err, ErrLayout, "lists 0 manifests")
 }
 
 func TestOpenIndexWithTwoManifests(t *testing.T) {
 	tl := writeTestLayout(t, t.TempDir())
 	rewrite(t, tl.dir, "index.json", indexWith(t, tl.manifest, tl.manifest))
 	_, err := Open(tl.dir)
-	wantErr(t, err, ErrLayout, "lists 2 manifests")
+	testerr.Want(t, err, ErrLayout, "lists 2 manifests")
 }
 
 func TestOpenUnknownManifestMediaType(t *testing.T) {
@@ -375,7 +355,7 @@ func TestOpenUnknownManifestMediaType(t *testing.T) {
 	d.MediaType = "application/vnd.docker.distribution.manifest.v2+json"
 	rewrite(t, tl.dir, "index.json", indexWith(t, d))
 	_, err := Open(tl.dir)
-	wantErr(t, err, ErrLayout, "manifest media type", d.MediaType)
+	testerr.Want(t, err, ErrLayout, "manifest media type", d.MediaType)
 }
 
 func TestOpenMissingManifestBlob(t *testing.T) {
@@ -383,7 +363,7 @@ func TestOpenMissingManifestBlob(t *testing.T) {
 	p, _ := BlobPath(tl.dir, tl.manifest.Digest)
 	os.Remove(p)
 	_, err := Open(tl.dir)
-	wantErr(t, err, ErrLayout, "manifest", string(tl.manifest.Digest), "blob file is missing")
+	testerr.Want(t, err, ErrLayout, "manifest", string(tl.manifest.Digest), "blob file is missing")
 }
 
 func TestOpenManifestSizeMismatch(t *testing.T) {
@@ -392,7 +372,7 @@ func TestOpenManifestSizeMismatch(t *testing.T) {
 	d.Size++
 	rewrite(t, tl.dir, "index.json", indexWith(t, d))
 	_, err := Open(tl.dir)
-	wantErr(t, err, ErrVerify, "descriptor says")
+	testerr.Want(t, err, ErrVerify, "descriptor says")
 }
 
 func TestOpenManifestDigestMismatch(t *testing.T) {
@@ -404,7 +384,7 @@ func TestOpenManifestDigestMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := Open(tl.dir)
-	wantErr(t, err, ErrVerify, "content digest is")
+	testerr.Want(t, err, ErrVerify, "content digest is")
 }
 
 func TestOpenTraversalDigest(t *testing.T) {
@@ -413,7 +393,7 @@ func TestOpenTraversalDigest(t *testing.T) {
 	d.Digest = "sha256:../../../../etc/passwd"
 	rewrite(t, tl.dir, "index.json", indexWith(t, d))
 	_, err := Open(tl.dir)
-	wantErr(t, err, ErrLayout, "path traversal")
+	testerr.Want(t, err, ErrLayout, "path traversal")
 }
 
 func TestBlobBadDigests(t *testing.T) {
@@ -430,9 +410,9 @@ func TestBlobBadDigests(t *testing.T) {
 		{strings.Repeat("a", 64), "no <algorithm>: prefix"},
 	} {
 		_, err := l.OpenBlob(ispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.Digest(tc.digest), Size: 1})
-		wantErr(t, err, ErrLayout, tc.want)
+		testerr.Want(t, err, ErrLayout, tc.want)
 		_, err = l.BlobFile(ispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.Digest(tc.digest), Size: 1})
-		wantErr(t, err, ErrLayout, tc.want)
+		testerr.Want(t, err, ErrLayout, tc.want)
 	}
 }
 
@@ -445,9 +425,9 @@ func TestBlobSizeMismatch(t *testing.T) {
 	d := tl.layers[0]
 	d.Size--
 	_, err = l.BlobFile(d)
-	wantErr(t, err, ErrVerify, "descriptor says")
+	testerr.Want(t, err, ErrVerify, "descriptor says")
 	_, err = l.OpenBlob(d)
-	wantErr(t, err, ErrVerify, "descriptor says")
+	testerr.Want(t, err, ErrVerify, "descriptor says")
 }
 
 // TestOpenBlobDigestMismatch: a verified read hands out the bytes and
@@ -474,7 +454,7 @@ func TestOpenBlobDigestMismatch(t *testing.T) {
 	}
 	defer rc.Close()
 	got, err := io.ReadAll(rc)
-	wantErr(t, err, ErrVerify, string(d.Digest), "content digest is")
+	testerr.Want(t, err, ErrVerify, string(d.Digest), "content digest is")
 	if len(got) != len(tl.contents[0]) {
 		t.Errorf("read %d bytes before the error, want all %d", len(got), len(tl.contents[0]))
 	}
@@ -495,7 +475,7 @@ func TestOpenBlobMissing(t *testing.T) {
 	p, _ := l.BlobPath(tl.layers[1].Digest)
 	os.Remove(p)
 	_, err = l.OpenBlob(tl.layers[1])
-	wantErr(t, err, ErrLayout, string(tl.layers[1].Digest), "blob file is missing")
+	testerr.Want(t, err, ErrLayout, string(tl.layers[1].Digest), "blob file is missing")
 }
 
 func TestReadBlobTooLarge(t *testing.T) {
@@ -505,5 +485,5 @@ func TestReadBlobTooLarge(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = l.ReadBlob(tl.layers[0], 1<<20)
-	wantErr(t, err, ErrLayout, "more than the 1048576 allowed")
+	testerr.Want(t, err, ErrLayout, "more than the 1048576 allowed")
 }

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qcluster/qcluster/internal/testerr"
 
 	"github.com/opencontainers/go-digest"
 	ispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -83,27 +84,6 @@ func readPayload(t *testing.T, p *Payload) ([]byte, error) {
 	}
 	defer rc.Close()
 	return io.ReadAll(rc)
-}
-
-// wantErr checks that err wraps sentinel (if not nil), is one line and
-// mentions every one of subs.
-func wantErr(t *testing.T, err, sentinel error, subs ...string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("got no error, want one mentioning %q", subs)
-	}
-	msg := err.Error()
-	if strings.Contains(msg, "\n") {
-		t.Errorf("error is not one line: %q", msg)
-	}
-	if sentinel != nil && !errors.Is(err, sentinel) {
-		t.Errorf("error %q does not wrap %q", msg, sentinel)
-	}
-	for _, s := range subs {
-		if !strings.Contains(msg, s) {
-			t.Errorf("error %q does not mention %q", msg, s)
-		}
-	}
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -229,7 +209,7 @@ func TestWriteBadInputLeavesNothing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			parent := t.TempDir()
 			err := Write(filepath.Join(parent, "image"), tc.info, tc.ps)
-			wantErr(t, err, nil, tc.want)
+			testerr.Want(t, err, nil, tc.want)
 			if ents, _ := os.ReadDir(parent); len(ents) != 0 {
 				t.Errorf("failed write left %v", ents)
 			}
@@ -307,28 +287,28 @@ func TestOpenWrongArtifactType(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	editImage(t, dir, nil, func(m *ispec.Manifest) { m.ArtifactType = "application/vnd.other" })
 	_, err := Open(dir)
-	wantErr(t, err, ErrLayout, `artifactType "application/vnd.other"`)
+	testerr.Want(t, err, ErrLayout, `artifactType "application/vnd.other"`)
 }
 
 func TestOpenUnknownConfigMediaType(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	editImage(t, dir, nil, func(m *ispec.Manifest) { m.Config.MediaType = ispec.MediaTypeImageConfig })
 	_, err := Open(dir)
-	wantErr(t, err, ErrLayout, "config media type", ispec.MediaTypeImageConfig)
+	testerr.Want(t, err, ErrLayout, "config media type", ispec.MediaTypeImageConfig)
 }
 
 func TestOpenUnknownLayerMediaType(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	editImage(t, dir, nil, func(m *ispec.Manifest) { m.Layers[1].MediaType = ispec.MediaTypeImageLayerGzip })
 	_, err := Open(dir)
-	wantErr(t, err, ErrLayout, `payload 1 ("system")`, "unknown media type", ispec.MediaTypeImageLayerGzip)
+	testerr.Want(t, err, ErrLayout, `payload 1 ("system")`, "unknown media type", ispec.MediaTypeImageLayerGzip)
 }
 
 func TestOpenInvalidConfigJSON(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	editImage(t, dir, func(b []byte) []byte { return b[:len(b)-1] }, nil)
 	_, err := Open(dir)
-	wantErr(t, err, ErrLayout, "config", "unexpected end of JSON input")
+	testerr.Want(t, err, ErrLayout, "config", "unexpected end of JSON input")
 }
 
 func TestOpenConfigDigestMismatch(t *testing.T) {
@@ -343,42 +323,42 @@ func TestOpenConfigDigestMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = Open(dir)
-	wantErr(t, err, ErrVerify, "config", "content digest is")
+	testerr.Want(t, err, ErrVerify, "config", "content digest is")
 }
 
 func TestOpenUnsupportedFormatVersion(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	editConfig(t, dir, func(c *Config) { c.FormatVersion = 2 })
 	_, err := Open(dir)
-	wantErr(t, err, ErrLayout, "format_version 2 not supported")
+	testerr.Want(t, err, ErrLayout, "format_version 2 not supported")
 }
 
 func TestOpenPayloadCountMismatch(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	editConfig(t, dir, func(c *Config) { c.Payloads = c.Payloads[:3] })
 	_, err := Open(dir)
-	wantErr(t, err, ErrLayout, "config lists 3 payloads, manifest has 4 layers")
+	testerr.Want(t, err, ErrLayout, "config lists 3 payloads, manifest has 4 layers")
 }
 
 func TestOpenPayloadSizeMismatch(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	editConfig(t, dir, func(c *Config) { c.Payloads[1].Size-- })
 	_, err := Open(dir)
-	wantErr(t, err, ErrLayout, `"system"`, "3145728 bytes, config says 3145727")
+	testerr.Want(t, err, ErrLayout, `"system"`, "3145728 bytes, config says 3145727")
 }
 
 func TestOpenChunkCountMismatch(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	editConfig(t, dir, func(c *Config) { c.Payloads[1].ChunkHashesSHA256 = c.Payloads[1].ChunkHashesSHA256[1:] })
 	_, err := Open(dir)
-	wantErr(t, err, ErrLayout, `"system"`, "2 chunk hashes, want 3")
+	testerr.Want(t, err, ErrLayout, `"system"`, "2 chunk hashes, want 3")
 }
 
 func TestOpenMissingLayoutFile(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	os.Remove(filepath.Join(dir, "oci-layout"))
 	_, err := Open(dir)
-	wantErr(t, err, ErrLayout, "oci-layout is missing")
+	testerr.Want(t, err, ErrLayout, "oci-layout is missing")
 }
 
 // TestPayloadChunkMismatch: a corrupt chunk in the middle of an uncompressed
@@ -409,7 +389,7 @@ func TestPayloadChunkMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := readPayload(t, v)
-	wantErr(t, err, ErrVerify, `payload "system"`, "chunk 2 (bytes 2097152-3145727)")
+	testerr.Want(t, err, ErrVerify, `payload "system"`, "chunk 2 (bytes 2097152-3145727)")
 	if !bytes.Equal(got, ps[1].data[:2<<20]) {
 		t.Errorf("read %d bytes before the error, want the 2 good chunks (%d bytes)", len(got), 2<<20)
 	}
@@ -437,7 +417,7 @@ func TestPayloadZstdChunkMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := readPayload(t, v)
-	wantErr(t, err, ErrVerify, `payload "extra.zst"`, "chunk 1 ", "config says 0000")
+	testerr.Want(t, err, ErrVerify, `payload "extra.zst"`, "chunk 1 ", "config says 0000")
 	if len(got) != 1<<20 {
 		t.Errorf("read %d bytes before the error, want chunk 0 (%d bytes)", len(got), 1<<20)
 	}
@@ -458,7 +438,7 @@ func TestPayloadTruncatedBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = v.Open()
-	wantErr(t, err, ErrVerify, `payload "kernel.efi"`, "blob file has 1000 bytes, descriptor says 1048579")
+	testerr.Want(t, err, ErrVerify, `payload "kernel.efi"`, "blob file has 1000 bytes, descriptor says 1048579")
 }
 
 func TestPayloadUnverifiedCompressed(t *testing.T) {
@@ -468,7 +448,7 @@ func TestPayloadUnverifiedCompressed(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = img.PayloadUnverified("extra.zst")
-	wantErr(t, err, ErrCompressed, `payload "extra.zst"`, "application/zstd")
+	testerr.Want(t, err, ErrCompressed, `payload "extra.zst"`, "application/zstd")
 }
 
 func TestPayloadNotFound(t *testing.T) {
@@ -478,9 +458,9 @@ func TestPayloadNotFound(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = img.Payload("initrd")
-	wantErr(t, err, ErrNotFound, `payload "initrd"`)
+	testerr.Want(t, err, ErrNotFound, `payload "initrd"`)
 	_, err = img.PayloadUnverified("initrd")
-	wantErr(t, err, ErrNotFound, `payload "initrd"`)
+	testerr.Want(t, err, ErrNotFound, `payload "initrd"`)
 }
 
 func TestRequireOSPayloads(t *testing.T) {
@@ -497,7 +477,7 @@ func TestRequireOSPayloads(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantErr(t, img.RequireOSPayloads(), ErrNotFound, `no "`+missing+`" payload`)
+			testerr.Want(t, img.RequireOSPayloads(), ErrNotFound, `no "`+missing+`" payload`)
 		})
 	}
 }
@@ -508,5 +488,5 @@ func TestRequireArchitecture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantErr(t, img.RequireArchitecture("aarch64"), ErrArchitecture, `is for "x86_64", want "aarch64"`)
+	testerr.Want(t, img.RequireArchitecture("aarch64"), ErrArchitecture, `is for "x86_64", want "aarch64"`)
 }
