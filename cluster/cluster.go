@@ -157,12 +157,14 @@ func Launch(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 		c.progress(Event{Kind: StepDone, Step: s.name, Elapsed: time.Since(start), Err: err})
 		if err != nil {
-			if ctx.Err() != nil && !isNodeError(err) {
+			// A node's error names the node; every other one the step.
+			switch {
+			case isNodeError(err):
+			case errors.Is(ctx.Err(), context.DeadlineExceeded):
 				err = fmt.Errorf("%s: %w (launch timeout %s)", strings.ToLower(s.name), ctx.Err(), o.Timeout)
-				if errors.Is(context.Cause(ctx), context.Canceled) {
-					err = fmt.Errorf("%s: %w", strings.ToLower(s.name), context.Canceled)
-				}
-			} else if !isNodeError(err) {
+			case ctx.Err() != nil:
+				err = fmt.Errorf("%s: %w", strings.ToLower(s.name), ctx.Err())
+			default:
 				err = fmt.Errorf("%s: %w", strings.ToLower(s.name), err)
 			}
 			if cerr := c.Close(); cerr != nil {
@@ -260,12 +262,11 @@ func (c *Cluster) waitNode(ctx context.Context, n *Node) error {
 		select {
 		case <-ctx.Done():
 			cause := context.Cause(ctx)
-			if errors.Is(cause, context.DeadlineExceeded) || errors.Is(cause, context.Canceled) {
-				if errors.Is(cause, context.DeadlineExceeded) {
-					cause = fmt.Errorf("not ready before the launch timeout; last probe: %v", lastErr)
-				} else {
-					return cause
-				}
+			switch {
+			case errors.Is(cause, context.Canceled):
+				return cause // the caller gave up, or another node failed first
+			case errors.Is(cause, context.DeadlineExceeded):
+				cause = fmt.Errorf("not ready before the launch timeout; last probe: %v", lastErr)
 			}
 			return n.fail(cause)
 		case <-time.After(b.NextBackOff()):

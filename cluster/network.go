@@ -100,7 +100,7 @@ func (nw *network) stderrTail() string {
 	nw.mu.Lock()
 	defer nw.mu.Unlock()
 	s := strings.TrimSpace(nw.stderr.String())
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 && len(s) > 2000 {
+	if len(s) > 2000 {
 		s = s[len(s)-2000:]
 	}
 	return strings.ReplaceAll(s, "\n", " | ")
