@@ -295,6 +295,14 @@ func FuzzFAT32(f *testing.F) {
 	f.Add("a\nb/c d e f g h i j k l m n o p\nb/C D E F\nÄ/ö/ü ☃", []byte{0, 0, 255, 1}, uint64(2))
 	f.Add(strings.Repeat("x/", 20)+"y\nLONGNAME1.TXT\nLongName1.txt.bak", []byte{9, 9, 9}, uint64(3))
 	f.Fuzz(func(t *testing.T, names string, sizes []byte, seed uint64) {
+		// The oracle, mtools, cannot name a file outside the Basic
+		// Multilingual Plane: it stores and extracts such a name as "_"
+		// (measured with Debian mtools 4.0.32), while our long names encode it as
+		// a UTF-16 surrogate pair and fsck.fat accepts them. Such inputs
+		// could only fail on the read-back, so they are not tried.
+		if strings.IndexFunc(names, func(r rune) bool { return r > 0xFFFF }) >= 0 {
+			t.Skip("name outside the BMP: mtools cannot read it back")
+		}
 		var files []File
 		want := map[string][]byte{}
 		for i, p := range strings.Split(names, "\n") {
