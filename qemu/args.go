@@ -66,11 +66,24 @@ func (m *Machine) argv(accel Accel, w wiring) (args []string, files []*os.File, 
 	if m.Firmware != nil && m.Firmware.SMM {
 		machine += ",smm=on"
 	}
+	if m.Memory != nil {
+		machine += ",memory-backend=ram0"
+	}
 	add("-machine", machine)
 	if accel == AccelKVM {
 		add("-cpu", "host")
 	}
 	add("-smp", strconv.Itoa(m.CPUs), "-m", strconv.Itoa(m.MemoryMiB)+"M")
+	// RAM in a file: a snapshot leaves it out of the state stream
+	// (x-ignore-shared) and clones map it copy-on-write.
+	if mem := m.Memory; mem != nil {
+		share := "off"
+		if mem.Shared {
+			share = "on"
+		}
+		add("-object", opt("memory-backend-file", "id", "ram0", "size", strconv.Itoa(m.MemoryMiB)+"M",
+			"mem-path", mem.Path, "share", share))
+	}
 
 	// Nothing implicit: no default NIC, no DVD drive for OVMF to try first,
 	// no VGA, no host configuration file; every device below is asked for.
@@ -194,6 +207,15 @@ func (m *Machine) argv(accel Accel, w wiring) (args []string, files []*os.File, 
 		qmp := id.next("chr")
 		add("-chardev", opt("socket", "id", qmp, "path", m.QMPSocket, "server", "on", "wait", "off"),
 			"-mon", opt("", "chardev", qmp, "mode", "control"))
+	}
+
+	// A restore: QEMU waits for the saved state, which VM.LoadState feeds it.
+	if m.Incoming {
+		if w.human {
+			notes = append(notes, "-incoming defer is left out: the machine was restored from a snapshot, and this command boots it afresh")
+		} else {
+			add("-incoming", "defer")
+		}
 	}
 
 	// The caller's own arguments come last, so they can add to all of the above.

@@ -58,6 +58,14 @@ type Machine struct {
 	// Paused leaves the guest stopped after Start (QEMU's "prelaunch" state);
 	// VM.QMP().Cont starts it. Default false.
 	Paused bool
+	// Memory, if set, keeps the guest's RAM in a file (memory-backend-file)
+	// instead of anonymous memory, so that a snapshot can leave RAM out of
+	// its state stream and clones can map it copy-on-write. Default none.
+	Memory *MemoryFile
+	// Incoming starts QEMU waiting for a saved state (-incoming defer):
+	// Start leaves it paused, VM.LoadState loads the state and Cont runs it.
+	// The rest of the Machine must be the one that was saved. Default false.
+	Incoming bool
 	// ExtraArgs are appended to QEMU's command line as they are.
 	ExtraArgs []string
 }
@@ -137,6 +145,19 @@ type TPM struct {
 	// CtrlSocket is swtpm's control socket (swtpm socket --ctrl
 	// type=unixio,path=...). Required; swtpm must be listening when Start runs.
 	CtrlSocket string
+}
+
+// MemoryFile is guest RAM backed by a file.
+type MemoryFile struct {
+	// Path of the file, created by QEMU if missing and sized to MemoryMiB.
+	// Required.
+	Path string
+	// Shared maps the file shared (share=on): the guest's writes go to the
+	// file, which is what a snapshot keeps. Default false: a private
+	// copy-on-write mapping (share=off), for clones of a snapshot's RAM,
+	// which leaves the file as it was. QEMU 7.2 opens the file read-write
+	// either way.
+	Shared bool
 }
 
 // FwCfgFile is a file the guest reads from /sys/firmware/qemu_fw_cfg/by_name/NAME/raw.
@@ -283,6 +304,16 @@ func (m Machine) withDefaults() (Machine, error) {
 		if err := exists("fw_cfg "+f.Name, f.File); err != nil {
 			return bad("%v", err)
 		}
+	}
+	if m.Memory != nil {
+		mem := *m.Memory
+		if mem.Path == "" || strings.Contains(mem.Path, ",") {
+			return bad("memory file %q: want a path without commas", mem.Path)
+		}
+		m.Memory = &mem
+	}
+	if m.Incoming {
+		m.Paused = true
 	}
 	m.ExtraArgs = slices.Clone(m.ExtraArgs)
 	return m, nil

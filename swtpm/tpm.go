@@ -57,6 +57,13 @@ type Options struct {
 	StopTimeout time.Duration
 	// Logger receives the argv and readiness records (debug level). Default: discard.
 	Logger *slog.Logger
+	// Incoming starts a TPM with an empty StateDir (created 0700 if
+	// missing) for a state that arrives through the control channel: QEMU
+	// loading a snapshot sends it, and swtpm then writes its own state
+	// files. Start checks only that the control channel answers; it does
+	// not initialise the TPM. Default false: the state dir must hold a
+	// manufactured TPM.
+	Incoming bool
 }
 
 // TPM is a running `swtpm socket` process serving one node's TPM.
@@ -98,12 +105,18 @@ func start(ctx context.Context, opts Options) (*TPM, error) {
 	if err := swtpmArgSafe("state directory", stateDir); err != nil {
 		return nil, err
 	}
-	done, err := isManufactured(stateDir)
-	if err != nil {
-		return nil, err
-	}
-	if !done {
-		return nil, fmt.Errorf("%s: %w (no %s; run CA.Manufacture first)", stateDir, ErrNotManufactured, permallFile)
+	if opts.Incoming {
+		if err := os.MkdirAll(stateDir, 0o700); err != nil {
+			return nil, err
+		}
+	} else {
+		done, err := isManufactured(stateDir)
+		if err != nil {
+			return nil, err
+		}
+		if !done {
+			return nil, fmt.Errorf("%s: %w (no %s; run CA.Manufacture first)", stateDir, ErrNotManufactured, permallFile)
+		}
 	}
 	bin, err := lookBinary(opts.Binary, "swtpm")
 	if err != nil {
@@ -158,7 +171,7 @@ func start(ctx context.Context, opts Options) (*TPM, error) {
 	startedAt := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
-	if err := t.awaitReady(ctx, opts.CtrlSocket); err != nil {
+	if err := t.awaitReady(ctx, opts.CtrlSocket, !opts.Incoming); err != nil {
 		// Kill and drain, so the error holds everything swtpm said.
 		_ = t.cmd.Process.Kill()
 		<-t.done
@@ -226,7 +239,7 @@ func (t *TPM) spawn(opts Options) error {
 
 // awaitReady dials the control socket with backoff until it answers, racing
 // against the process exiting and ctx.
-func (t *TPM) awaitReady(ctx context.Context, path string) error {
+func (t *TPM) awaitReady(ctx context.Context, path string, initialise bool) error {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(2*time.Millisecond),
 		backoff.WithMaxInterval(50*time.Millisecond),
@@ -235,7 +248,9 @@ func (t *TPM) awaitReady(ctx context.Context, path string) error {
 	for {
 		conn, err := d.DialContext(ctx, "unix", path)
 		if err == nil {
-			err = checkInit(ctx, conn)
+			if initialise {
+				err = checkInit(ctx, conn)
+			}
 			conn.Close()
 			if err != nil {
 				return err
