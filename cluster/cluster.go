@@ -62,6 +62,9 @@ type Cluster struct {
 	Plan *Plan
 	// Nodes, in index order.
 	Nodes []*Node
+	// RestoredFrom is the snapshot the cluster was restored from ("" for a
+	// cluster that booted).
+	RestoredFrom string
 
 	opts    Options
 	host    hostTools
@@ -69,6 +72,8 @@ type Cluster struct {
 	sockDir string
 	net     *network
 	tpmCA   *swtpm.CA
+	// manifest is the snapshot's, for a restore.
+	manifest *Manifest
 
 	progressMu sync.Mutex // serializes Options.Progress calls
 	mu         sync.Mutex
@@ -128,17 +133,31 @@ const consoleTailLines = 20
 // ready, or fails with everything it started torn down. ctx bounds the launch
 // only; the cluster lives until Close.
 func Launch(ctx context.Context, opts Options) (*Cluster, error) {
+	var m *Manifest
+	if opts.Snapshot != "" {
+		var err error
+		if opts.Snapshot, err = filepath.Abs(opts.Snapshot); err != nil {
+			return nil, err
+		}
+		if m, err = ReadManifest(opts.Snapshot); err != nil {
+			return nil, err
+		}
+		if opts, err = applyManifest(opts, m); err != nil {
+			return nil, err
+		}
+	}
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	c := &Cluster{Name: o.Name, opts: o, conns: map[connKey]*grpc.ClientConn{}}
-	steps := []struct {
+	c := &Cluster{Name: o.Name, opts: o, conns: map[connKey]*grpc.ClientConn{}, manifest: m, RestoredFrom: o.Snapshot}
+	type step struct {
 		name string
 		fn   func(context.Context) error
-	}{
+	}
+	steps := []step{
 		{"Checking host", c.checkHost},
 		{"Preparing state", c.prepareState},
 		{"Reading OS image", c.readImage},
@@ -147,6 +166,17 @@ func Launch(ctx context.Context, opts Options) (*Cluster, error) {
 		{"Starting network", c.startNetwork},
 		{"Booting nodes", c.bootNodes},
 		{"Waiting for nodes", c.waitReady},
+	}
+	if m != nil {
+		steps = []step{
+			{"Checking host", c.checkHost},
+			{"Checking snapshot", c.checkSnapshot},
+			{"Preparing state", c.prepareState},
+			{"Copying disks", c.copyDisks},
+			{"Starting network", c.startNetwork},
+			{"Restoring nodes", c.restoreNodes},
+			{"Waiting for nodes", c.waitReady},
+		}
 	}
 	for _, s := range steps {
 		start := time.Now()
@@ -251,7 +281,7 @@ func (c *Cluster) waitNode(ctx context.Context, n *Node) error {
 	var lastErr error
 	for {
 		attempt, cancelAttempt := context.WithTimeout(ctx, 3*time.Second)
-		err := c.opts.Profile.Probe(attempt, c, n)
+		err := c.probe(attempt, n)
 		cancelAttempt()
 		if err == nil {
 			n.setReady()

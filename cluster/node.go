@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"sync"
@@ -43,9 +44,12 @@ func (s State) String() string {
 // Timings of a node's last start, each measured from the start of Launch
 // (or of Start/Reboot for a restart).
 type Timings struct {
-	DiskReady   time.Duration // its disk was synthesized
+	DiskReady   time.Duration // its disk was synthesized (or copied, for a restore)
 	QEMUStarted time.Duration // QEMU was executed
-	Ready       time.Duration // it passed its readiness probe, since QEMU started
+	// For a restore, since QEMU started: the saved state was loaded, and
+	// the node resumed (zero for a boot).
+	StateLoaded, Resumed time.Duration
+	Ready                time.Duration // it passed its readiness probe, since QEMU started
 }
 
 // Node is one VM of the cluster.
@@ -67,6 +71,12 @@ type Node struct {
 	tpmState string // "" without a TPM
 	tpmSock  string
 	netSock  string
+	// ram is the guest RAM file: the node's own, shared (what a snapshot
+	// keeps), or for a restore the snapshot's, mapped copy-on-write.
+	ram       string
+	ramShared bool
+	incoming  string // the state to load at the next start ("" boots)
+	fixup     bool   // restored, and the profile's AfterRestore has not run
 
 	mu      sync.Mutex
 	state   State
@@ -167,6 +177,13 @@ func (n *Node) start(ctx context.Context) error {
 	n.mu.Lock()
 	n.t0 = time.Now()
 	n.mu.Unlock()
+	incoming := n.incoming != ""
+	if n.ramShared && !incoming {
+		// A boot starts from zeroed RAM, not from the last run's.
+		if err := os.Remove(n.ram); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove old RAM file: %w", err)
+		}
+	}
 	var tpm *swtpm.TPM
 	if n.tpmState != "" {
 		var err error
@@ -176,6 +193,7 @@ func (n *Node) start(ctx context.Context) error {
 			CtrlSocket: n.tpmSock,
 			LogFile:    filepath.Join(c.LogDir, n.Name+".swtpm.log"),
 			Logger:     c.opts.Logger.With("node", n.Name),
+			Incoming:   incoming,
 		})
 		if err != nil {
 			return fmt.Errorf("start swtpm: %w", err)
@@ -190,6 +208,8 @@ func (n *Node) start(ctx context.Context) error {
 		Disks:     []qemu.Disk{{Path: n.disk}},
 		NICs:      []qemu.NIC{{MAC: n.MAC, Stream: n.netSock}},
 		ExtraArgs: n.Options.ExtraQEMUArgs,
+		Memory:    &qemu.MemoryFile{Path: n.ram, Shared: n.ramShared},
+		Incoming:  incoming,
 	}
 	if tpm != nil {
 		m.TPM = &qemu.TPM{CtrlSocket: n.tpmSock}

@@ -62,6 +62,22 @@ type Options struct {
 	QEMU, Swtpm, SwtpmSetup, Nanoswitch string
 	// Firmware: explicit OVMF code and vars template; empty discovers them.
 	FirmwareCode, FirmwareVars string
+	// CertValidity is how long the cluster's certificates are valid. Default:
+	// 7 days; a template for snapshots wants as long as it may be restored.
+	CertValidity time.Duration
+
+	// Snapshot, if set, restores the cluster from this snapshot directory
+	// (see Cluster.Snapshot) instead of booting it: nothing boots, the
+	// nodes carry on from the moment of the snapshot. The snapshot decides
+	// the nodes, their machines, the subnet and the guests' cluster name
+	// (Plan.Name); options given here must agree with it. Name names the
+	// restored cluster on this host. Nothing writes to the snapshot, so
+	// any number of restores of one snapshot can run at once.
+	Snapshot string
+	// Cold tells template caches (cluster/warm) to boot the cluster rather
+	// than restore it from a template. Launch itself always boots unless
+	// Snapshot is set. Default: false.
+	Cold bool
 }
 
 // NodeOptions are a node's resources.
@@ -112,6 +128,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 10 * time.Minute
+	}
+	if o.CertValidity == 0 {
+		o.CertValidity = defaultValidity
+	}
+	if o.CertValidity < time.Hour {
+		return o, fmt.Errorf("certificate validity %s: want at least an hour", o.CertValidity)
 	}
 	if o.Timeout < 0 {
 		return o, fmt.Errorf("timeout %s: want a positive duration", o.Timeout)

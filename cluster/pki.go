@@ -38,11 +38,12 @@ func (id Identity) TLSCertificate() (tls.Certificate, error) {
 	return tls.X509KeyPair(id.CertPEM, id.KeyPEM)
 }
 
-// validity spans the life of any test cluster with margin for clock skew
-// between host and guests (a guest's clock starts from the RTC).
-const validity = 7 * 24 * time.Hour
+// defaultValidity spans the life of any test cluster with margin for clock
+// skew between host and guests (a guest's clock starts from the RTC).
+// Templates for snapshots live longer (Options.CertValidity).
+const defaultValidity = 7 * 24 * time.Hour
 
-func newPKI(clusterName string) (*PKI, error) {
+func newPKI(clusterName string, validity time.Duration) (*PKI, error) {
 	pub, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate CA key: %w", err)
@@ -69,6 +70,30 @@ func newPKI(clusterName string) (*PKI, error) {
 	return &PKI{CACert: cert, CAPEM: pemBlock("CERTIFICATE", der), caKey: key}, nil
 }
 
+// loadPKI is the PKI of a snapshot's manifest.
+func loadPKI(certPEM, keyPEM string) (*PKI, error) {
+	id := Identity{CertPEM: []byte(certPEM), KeyPEM: []byte(keyPEM)}
+	pair, err := id.TLSCertificate()
+	if err != nil {
+		return nil, fmt.Errorf("cluster CA: %w", err)
+	}
+	key, ok := pair.PrivateKey.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("cluster CA: key is %T, want ed25519", pair.PrivateKey)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil || !cert.IsCA {
+		return nil, fmt.Errorf("cluster CA: not a CA certificate (%v)", err)
+	}
+	return &PKI{CACert: cert, CAPEM: []byte(certPEM), caKey: key}, nil
+}
+
+// caKeyPEM is the CA's key in PEM, for a snapshot's manifest.
+func (p *PKI) caKeyPEM() []byte {
+	der, _ := x509.MarshalPKCS8PrivateKey(p.caKey) // an ed25519 key always marshals
+	return pemBlock("PRIVATE KEY", der)
+}
+
 func serial() *big.Int {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
@@ -92,7 +117,7 @@ func (p *PKI) Issue(name string, dnsNames []string, addrs []netip.Addr) (Identit
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: name},
 		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(validity),
+		NotAfter:     p.CACert.NotAfter, // as long as the CA
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		DNSNames:     dnsNames,

@@ -46,7 +46,7 @@ func makePlan(o Options) (*Plan, error) {
 	p := &Plan{Name: o.Name, Domain: o.Name + ".qcluster.test", Subnet: o.Subnet}
 	// A /24 or larger (withDefaults) holds nanoswitch.FirstNodeHost+maxNodes hosts.
 	p.Gateway = hostAddr(o.Subnet, 1)
-	pki, err := newPKI(o.Name)
+	pki, err := newPKI(o.Name, o.CertValidity)
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -43,11 +42,16 @@ func (c *Cluster) checkHost(ctx context.Context) error {
 	o := c.opts
 	h := &c.host
 	var err error
-	if h.image, err = resolve.Find(resolve.Image(o.Image)); err != nil {
-		return err
+	// A restore needs no image, unless one is named to compare with.
+	if c.manifest == nil || o.Image != "" {
+		if h.image, err = resolve.Find(resolve.Image(o.Image)); err != nil {
+			return err
+		}
 	}
-	if h.loader, err = resolve.Find(resolve.Loader(o.Loader)); err != nil {
-		return err
+	if c.manifest == nil {
+		if h.loader, err = resolve.Find(resolve.Loader(o.Loader)); err != nil {
+			return err
+		}
 	}
 	if h.qemu, err = resolve.Find(resolve.QEMU(o.QEMU)); err != nil {
 		return err
@@ -181,7 +185,12 @@ func (c *Cluster) prepareState(ctx context.Context) error {
 	}
 	c.onUndo("remove socket directory", removeAll(c.sockDir))
 
-	if c.Plan, err = makePlan(o); err != nil {
+	if c.manifest != nil {
+		c.Plan, err = c.manifest.plan()
+	} else {
+		c.Plan, err = makePlan(o)
+	}
+	if err != nil {
 		return err
 	}
 	if err := c.writeUserFiles(); err != nil {
@@ -197,8 +206,19 @@ func (c *Cluster) prepareState(ctx context.Context) error {
 		if !np.Options.NoTPM {
 			n.tpmState = filepath.Join(n.Dir, "tpm")
 		}
+		n.ram, n.ramShared = filepath.Join(n.Dir, "ram"), true
 		if err := os.MkdirAll(n.Dir, 0o700); err != nil {
 			return fmt.Errorf("%s: %w", n.Name, err)
+		}
+		if m := c.manifest; m != nil {
+			// The guest already read its parameters: it gets the
+			// template's (copyDisks), and carries on from the snapshot.
+			src := filepath.Join(o.Snapshot, n.Name)
+			n.ram, n.ramShared = filepath.Join(src, snapRAM), false
+			n.incoming = filepath.Join(src, snapState)
+			n.EKCertificate = m.Nodes[n.Index].EKCertificate
+			c.Nodes = append(c.Nodes, n)
+			continue
 		}
 		params, err := o.Profile.Parameters(c.Plan, np)
 		if err != nil {
@@ -374,11 +394,9 @@ func (c *Cluster) manufactureTPMs(ctx context.Context) error {
 	if !c.needsTPM() {
 		return nil
 	}
-	ca, err := swtpm.NewCA(ctx, filepath.Join(c.StateDir, "tpm-ca"), swtpm.CAOptions{
-		SetupBinary: c.host.swtpmSetup, TPMBinary: c.host.swtpm, Logger: c.opts.Logger,
-	})
+	ca, err := newTPMCA(ctx, c, nil, nil)
 	if err != nil {
-		return fmt.Errorf("TPM CA: %w", err)
+		return err
 	}
 	c.tpmCA = ca
 	return c.forEachNode(ctx, func(ctx context.Context, n *Node) error {
@@ -435,17 +453,22 @@ func (c *Cluster) writeEnv() error {
 	return atomicfile.Write(c.Files.Env, []byte(b.String()), 0o600)
 }
 
+// newTPMCA makes the cluster's TPM CA in its state directory, from the
+// given certificate and key (a snapshot's) or anew.
+func newTPMCA(ctx context.Context, c *Cluster, certPEM, keyPEM []byte) (*swtpm.CA, error) {
+	ca, err := swtpm.NewCA(ctx, filepath.Join(c.StateDir, "tpm-ca"), swtpm.CAOptions{
+		SetupBinary: c.host.swtpmSetup, TPMBinary: c.host.swtpm, Logger: c.opts.Logger,
+		CertPEM: certPEM, KeyPEM: keyPEM,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("TPM CA: %w", err)
+	}
+	return ca, nil
+}
+
 // bootNodes starts every node's swtpm and QEMU at once.
 func (c *Cluster) bootNodes(ctx context.Context) error {
-	c.onUndo("stop nodes", func() error {
-		errs := make([]error, len(c.Nodes))
-		var wg sync.WaitGroup
-		for i, n := range c.Nodes {
-			wg.Go(func() { errs[i] = n.halt() })
-		}
-		wg.Wait()
-		return errors.Join(errs...)
-	})
+	c.onUndo("stop nodes", c.haltAll)
 	return c.forEachNode(ctx, func(ctx context.Context, n *Node) error {
 		if err := n.start(ctx); err != nil {
 			return n.fail(err)

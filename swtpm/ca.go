@@ -58,6 +58,9 @@ type CAOptions struct {
 	TPMBinary string
 	// Logger receives progress records (debug level). Default: discard.
 	Logger *slog.Logger
+	// CertPEM and KeyPEM, if set, are an existing CA (e.g. a snapshot's) that
+	// a directory without one takes instead of a new one. Default: none.
+	CertPEM, KeyPEM []byte
 }
 
 // CA is a cluster's local certificate authority for TPM endorsement key
@@ -138,6 +141,11 @@ func newCA(ctx context.Context, dir string, opts CAOptions) (*CA, error) {
 	}
 	defer unlock()
 
+	if len(opts.CertPEM) > 0 {
+		if err := ca.seed(opts.CertPEM, opts.KeyPEM); err != nil {
+			return nil, err
+		}
+	}
 	if err := ca.loadOrCreate(); err != nil {
 		return nil, err
 	}
@@ -159,6 +167,10 @@ func (ca *CA) CertPEM() []byte { return slices.Clone(ca.certPEM) }
 
 // CertPath returns the path of the PEM-encoded CA certificate.
 func (ca *CA) CertPath() string { return filepath.Join(ca.dir, caCertFile) }
+
+// KeyPath returns the path of the PEM-encoded CA key (mode 0600). A CA
+// directory seeded with this key and CertPath's certificate is the same CA.
+func (ca *CA) KeyPath() string { return filepath.Join(ca.dir, caKeyFile) }
 
 // SetupConfig returns the path of the swtpm_setup.conf written for this CA.
 func (ca *CA) SetupConfig() string { return filepath.Join(ca.dir, setupConfFile) }
@@ -244,6 +256,18 @@ func (ca *CA) loadOrCreate() error {
 	}
 	ca.log.Debug("swtpm: created CA", "dir", ca.dir, "serial", serial)
 	return ca.load(certPath, certPEM, keyPath)
+}
+
+// seed writes a given CA's key and certificate into a directory that has
+// no certificate yet; load then checks that they belong together.
+func (ca *CA) seed(certPEM, keyPEM []byte) error {
+	if _, err := os.Stat(ca.CertPath()); err == nil {
+		return nil
+	}
+	if err := atomicfile.Write(ca.KeyPath(), keyPEM, 0o600); err != nil {
+		return err
+	}
+	return atomicfile.Write(ca.CertPath(), certPEM, 0o644)
 }
 
 // load parses the CA certificate and checks that the key in keyPath belongs

@@ -38,15 +38,8 @@ func CloneFile(dst, src string, perm os.FileMode) (Method, error) {
 		if err := out.Truncate(fi.Size()); err != nil {
 			return err
 		}
-		f, err := NewFile(out, fi.Size())
-		if err != nil {
-			return err
-		}
 		return eachExtent(in, fi.Size(), func(off, n int64) error {
-			if _, err := in.Seek(off, io.SeekStart); err != nil {
-				return err
-			}
-			m, err := Copy(f, off, in, n)
+			m, err := copyExtent(out, in, off, n)
 			if method == MethodNone {
 				method = m
 			}
@@ -57,6 +50,26 @@ func CloneFile(dst, src string, perm os.FileMode) (Method, error) {
 		return MethodNone, fmt.Errorf("clone %s to %s: %w", src, dst, err)
 	}
 	return method, nil
+}
+
+// copyExtent copies [off, off+n) of src to the same place in dst: with
+// copy_file_range where the kernel can, else through a buffer.
+func copyExtent(dst, src *os.File, off, n int64) (Method, error) {
+	done, err := copyFileRange(dst, off, src, off, n)
+	if err == nil && done == n {
+		return MethodCopyFileRange, nil
+	}
+	if err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		return MethodCopyFileRange, err
+	}
+	rest := io.NewSectionReader(src, off+done, n-done)
+	if _, err := io.Copy(io.NewOffsetWriter(dst, off+done), rest); err != nil {
+		return MethodReadWrite, err
+	}
+	if done > 0 {
+		return MethodCopyFileRange, nil
+	}
+	return MethodReadWrite, nil
 }
 
 // eachExtent calls fn for every data extent of f in [0, size), in order.

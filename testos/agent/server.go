@@ -200,6 +200,32 @@ func (s *managementServer) PowerOff(context.Context, *api.PowerOffRequest) (*api
 	return &api.PowerOffResponse{}, s.request(unix.LINUX_REBOOT_CMD_POWER_OFF)
 }
 
+// Restored steps the wall clock to the host's and mixes in fresh entropy:
+// after a restore the clock carries on from the snapshot's moment and the
+// random pool is the template's.
+func (s *managementServer) Restored(_ context.Context, req *api.RestoredRequest) (*api.RestoredResponse, error) {
+	if len(req.GetEntropy()) > 512 {
+		return nil, status.Errorf(codes.InvalidArgument, "entropy: %d bytes, at most 512", len(req.GetEntropy()))
+	}
+	if req.GetUnixNanos() <= 0 {
+		return nil, status.Error(codes.InvalidArgument, "unix_nanos: want the host's wall clock")
+	}
+	if len(req.GetEntropy()) > 0 {
+		if err := addEntropy(req.GetEntropy()); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+	}
+	var now unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_REALTIME, &now); err != nil {
+		return nil, status.Errorf(codes.Internal, "read clock: %v", err)
+	}
+	to := unix.NsecToTimespec(req.GetUnixNanos())
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &to); err != nil {
+		return nil, status.Errorf(codes.Internal, "set clock: %v", err)
+	}
+	return &api.RestoredResponse{SteppedNanos: req.GetUnixNanos() - now.Nano()}, nil
+}
+
 // request hands the power change to the main loop, which acts once this
 // RPC's reply has gone out.
 func (s *managementServer) request(cmd int) error {

@@ -1548,6 +1548,105 @@ func (*PowerOffResponse) Descriptor() ([]byte, []int) {
 	return file_testos_proto_rawDescGZIP(), []int{18}
 }
 
+type RestoredRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host's wall clock, in nanoseconds since the Unix epoch.
+	UnixNanos int64 `protobuf:"varint,1,opt,name=unix_nanos,json=unixNanos,proto3" json:"unix_nanos,omitempty"`
+	// Random bytes for the kernel's pool (at most 512).
+	Entropy       []byte `protobuf:"bytes,2,opt,name=entropy,proto3" json:"entropy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoredRequest) Reset() {
+	*x = RestoredRequest{}
+	mi := &file_testos_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoredRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoredRequest) ProtoMessage() {}
+
+func (x *RestoredRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_testos_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoredRequest.ProtoReflect.Descriptor instead.
+func (*RestoredRequest) Descriptor() ([]byte, []int) {
+	return file_testos_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RestoredRequest) GetUnixNanos() int64 {
+	if x != nil {
+		return x.UnixNanos
+	}
+	return 0
+}
+
+func (x *RestoredRequest) GetEntropy() []byte {
+	if x != nil {
+		return x.Entropy
+	}
+	return nil
+}
+
+type RestoredResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How far the node's clock was stepped, in nanoseconds (positive: forward).
+	SteppedNanos  int64 `protobuf:"varint,1,opt,name=stepped_nanos,json=steppedNanos,proto3" json:"stepped_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoredResponse) Reset() {
+	*x = RestoredResponse{}
+	mi := &file_testos_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoredResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoredResponse) ProtoMessage() {}
+
+func (x *RestoredResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_testos_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoredResponse.ProtoReflect.Descriptor instead.
+func (*RestoredResponse) Descriptor() ([]byte, []int) {
+	return file_testos_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RestoredResponse) GetSteppedNanos() int64 {
+	if x != nil {
+		return x.SteppedNanos
+	}
+	return 0
+}
+
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1563,7 +1662,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_testos_proto_msgTypes[19]
+	mi := &file_testos_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1674,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_testos_proto_msgTypes[19]
+	mi := &file_testos_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1687,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_testos_proto_rawDescGZIP(), []int{19}
+	return file_testos_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *JoinRequest) GetName() string {
@@ -1637,7 +1736,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_testos_proto_msgTypes[20]
+	mi := &file_testos_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1748,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_testos_proto_msgTypes[20]
+	mi := &file_testos_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1761,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_testos_proto_rawDescGZIP(), []int{20}
+	return file_testos_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *JoinResponse) GetLeaderName() string {
@@ -1690,7 +1789,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_testos_proto_msgTypes[21]
+	mi := &file_testos_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1801,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_testos_proto_msgTypes[21]
+	mi := &file_testos_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1814,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_testos_proto_rawDescGZIP(), []int{21}
+	return file_testos_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HeartbeatRequest) GetName() string {
@@ -1747,7 +1846,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_testos_proto_msgTypes[22]
+	mi := &file_testos_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1858,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_testos_proto_msgTypes[22]
+	mi := &file_testos_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1871,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_testos_proto_rawDescGZIP(), []int{22}
+	return file_testos_proto_rawDescGZIP(), []int{24}
 }
 
 type ListRequest struct {
@@ -1783,7 +1882,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_testos_proto_msgTypes[23]
+	mi := &file_testos_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +1894,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_testos_proto_msgTypes[23]
+	mi := &file_testos_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +1907,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_testos_proto_rawDescGZIP(), []int{23}
+	return file_testos_proto_rawDescGZIP(), []int{25}
 }
 
 type ListResponse struct {
@@ -1821,7 +1920,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_testos_proto_msgTypes[24]
+	mi := &file_testos_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1932,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_testos_proto_msgTypes[24]
+	mi := &file_testos_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1945,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_testos_proto_rawDescGZIP(), []int{24}
+	return file_testos_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListResponse) GetMembers() []*Member {
@@ -1873,7 +1972,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_testos_proto_msgTypes[25]
+	mi := &file_testos_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +1984,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_testos_proto_msgTypes[25]
+	mi := &file_testos_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +1997,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_testos_proto_rawDescGZIP(), []int{25}
+	return file_testos_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Member) GetName() string {
@@ -2086,7 +2185,13 @@ const file_testos_proto_rawDesc = "" +
 	"\rRebootRequest\"\x10\n" +
 	"\x0eRebootResponse\"\x11\n" +
 	"\x0fPowerOffRequest\"\x12\n" +
-	"\x10PowerOffResponse\"\x96\x01\n" +
+	"\x10PowerOffResponse\"J\n" +
+	"\x0fRestoredRequest\x12\x1d\n" +
+	"\n" +
+	"unix_nanos\x18\x01 \x01(\x03R\tunixNanos\x12\x18\n" +
+	"\aentropy\x18\x02 \x01(\fR\aentropy\"7\n" +
+	"\x10RestoredResponse\x12#\n" +
+	"\rstepped_nanos\x18\x01 \x01(\x03R\fsteppedNanos\"\x96\x01\n" +
 	"\vJoinRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
@@ -2123,11 +2228,12 @@ const file_testos_proto_rawDesc = "" +
 	"\vNodeService\x12O\n" +
 	"\x06Status\x12!.qcluster.testos.v1.StatusRequest\x1a\".qcluster.testos.v1.StatusResponse\x12d\n" +
 	"\rWriteDataFile\x12(.qcluster.testos.v1.WriteDataFileRequest\x1a).qcluster.testos.v1.WriteDataFileResponse\x12a\n" +
-	"\fReadDataFile\x12'.qcluster.testos.v1.ReadDataFileRequest\x1a(.qcluster.testos.v1.ReadDataFileResponse2\xb4\x01\n" +
+	"\fReadDataFile\x12'.qcluster.testos.v1.ReadDataFileRequest\x1a(.qcluster.testos.v1.ReadDataFileResponse2\x8b\x02\n" +
 	"\n" +
 	"Management\x12O\n" +
 	"\x06Reboot\x12!.qcluster.testos.v1.RebootRequest\x1a\".qcluster.testos.v1.RebootResponse\x12U\n" +
-	"\bPowerOff\x12#.qcluster.testos.v1.PowerOffRequest\x1a$.qcluster.testos.v1.PowerOffResponse2\xfc\x01\n" +
+	"\bPowerOff\x12#.qcluster.testos.v1.PowerOffRequest\x1a$.qcluster.testos.v1.PowerOffResponse\x12U\n" +
+	"\bRestored\x12#.qcluster.testos.v1.RestoredRequest\x1a$.qcluster.testos.v1.RestoredResponse2\xfc\x01\n" +
 	"\n" +
 	"Membership\x12I\n" +
 	"\x04Join\x12\x1f.qcluster.testos.v1.JoinRequest\x1a .qcluster.testos.v1.JoinResponse\x12X\n" +
@@ -2147,7 +2253,7 @@ func file_testos_proto_rawDescGZIP() []byte {
 }
 
 var file_testos_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_testos_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_testos_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_testos_proto_goTypes = []any{
 	(Role)(0),                     // 0: qcluster.testos.v1.Role
 	(Verity_State)(0),             // 1: qcluster.testos.v1.Verity.State
@@ -2170,14 +2276,16 @@ var file_testos_proto_goTypes = []any{
 	(*RebootResponse)(nil),        // 18: qcluster.testos.v1.RebootResponse
 	(*PowerOffRequest)(nil),       // 19: qcluster.testos.v1.PowerOffRequest
 	(*PowerOffResponse)(nil),      // 20: qcluster.testos.v1.PowerOffResponse
-	(*JoinRequest)(nil),           // 21: qcluster.testos.v1.JoinRequest
-	(*JoinResponse)(nil),          // 22: qcluster.testos.v1.JoinResponse
-	(*HeartbeatRequest)(nil),      // 23: qcluster.testos.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 24: qcluster.testos.v1.HeartbeatResponse
-	(*ListRequest)(nil),           // 25: qcluster.testos.v1.ListRequest
-	(*ListResponse)(nil),          // 26: qcluster.testos.v1.ListResponse
-	(*Member)(nil),                // 27: qcluster.testos.v1.Member
-	nil,                           // 28: qcluster.testos.v1.ProductInfo.ComponentsEntry
+	(*RestoredRequest)(nil),       // 21: qcluster.testos.v1.RestoredRequest
+	(*RestoredResponse)(nil),      // 22: qcluster.testos.v1.RestoredResponse
+	(*JoinRequest)(nil),           // 23: qcluster.testos.v1.JoinRequest
+	(*JoinResponse)(nil),          // 24: qcluster.testos.v1.JoinResponse
+	(*HeartbeatRequest)(nil),      // 25: qcluster.testos.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 26: qcluster.testos.v1.HeartbeatResponse
+	(*ListRequest)(nil),           // 27: qcluster.testos.v1.ListRequest
+	(*ListResponse)(nil),          // 28: qcluster.testos.v1.ListResponse
+	(*Member)(nil),                // 29: qcluster.testos.v1.Member
+	nil,                           // 30: qcluster.testos.v1.ProductInfo.ComponentsEntry
 }
 var file_testos_proto_depIdxs = []int32{
 	0,  // 0: qcluster.testos.v1.Parameters.role:type_name -> qcluster.testos.v1.Role
@@ -2189,28 +2297,30 @@ var file_testos_proto_depIdxs = []int32{
 	9,  // 6: qcluster.testos.v1.StatusResponse.data:type_name -> qcluster.testos.v1.DataPartition
 	10, // 7: qcluster.testos.v1.StatusResponse.tpm:type_name -> qcluster.testos.v1.TPM
 	12, // 8: qcluster.testos.v1.StatusResponse.membership:type_name -> qcluster.testos.v1.MembershipStatus
-	28, // 9: qcluster.testos.v1.ProductInfo.components:type_name -> qcluster.testos.v1.ProductInfo.ComponentsEntry
+	30, // 9: qcluster.testos.v1.ProductInfo.components:type_name -> qcluster.testos.v1.ProductInfo.ComponentsEntry
 	1,  // 10: qcluster.testos.v1.Verity.state:type_name -> qcluster.testos.v1.Verity.State
 	11, // 11: qcluster.testos.v1.TPM.pcrs:type_name -> qcluster.testos.v1.PCR
-	27, // 12: qcluster.testos.v1.ListResponse.members:type_name -> qcluster.testos.v1.Member
+	29, // 12: qcluster.testos.v1.ListResponse.members:type_name -> qcluster.testos.v1.Member
 	4,  // 13: qcluster.testos.v1.NodeService.Status:input_type -> qcluster.testos.v1.StatusRequest
 	13, // 14: qcluster.testos.v1.NodeService.WriteDataFile:input_type -> qcluster.testos.v1.WriteDataFileRequest
 	15, // 15: qcluster.testos.v1.NodeService.ReadDataFile:input_type -> qcluster.testos.v1.ReadDataFileRequest
 	17, // 16: qcluster.testos.v1.Management.Reboot:input_type -> qcluster.testos.v1.RebootRequest
 	19, // 17: qcluster.testos.v1.Management.PowerOff:input_type -> qcluster.testos.v1.PowerOffRequest
-	21, // 18: qcluster.testos.v1.Membership.Join:input_type -> qcluster.testos.v1.JoinRequest
-	23, // 19: qcluster.testos.v1.Membership.Heartbeat:input_type -> qcluster.testos.v1.HeartbeatRequest
-	25, // 20: qcluster.testos.v1.Membership.List:input_type -> qcluster.testos.v1.ListRequest
-	5,  // 21: qcluster.testos.v1.NodeService.Status:output_type -> qcluster.testos.v1.StatusResponse
-	14, // 22: qcluster.testos.v1.NodeService.WriteDataFile:output_type -> qcluster.testos.v1.WriteDataFileResponse
-	16, // 23: qcluster.testos.v1.NodeService.ReadDataFile:output_type -> qcluster.testos.v1.ReadDataFileResponse
-	18, // 24: qcluster.testos.v1.Management.Reboot:output_type -> qcluster.testos.v1.RebootResponse
-	20, // 25: qcluster.testos.v1.Management.PowerOff:output_type -> qcluster.testos.v1.PowerOffResponse
-	22, // 26: qcluster.testos.v1.Membership.Join:output_type -> qcluster.testos.v1.JoinResponse
-	24, // 27: qcluster.testos.v1.Membership.Heartbeat:output_type -> qcluster.testos.v1.HeartbeatResponse
-	26, // 28: qcluster.testos.v1.Membership.List:output_type -> qcluster.testos.v1.ListResponse
-	21, // [21:29] is the sub-list for method output_type
-	13, // [13:21] is the sub-list for method input_type
+	21, // 18: qcluster.testos.v1.Management.Restored:input_type -> qcluster.testos.v1.RestoredRequest
+	23, // 19: qcluster.testos.v1.Membership.Join:input_type -> qcluster.testos.v1.JoinRequest
+	25, // 20: qcluster.testos.v1.Membership.Heartbeat:input_type -> qcluster.testos.v1.HeartbeatRequest
+	27, // 21: qcluster.testos.v1.Membership.List:input_type -> qcluster.testos.v1.ListRequest
+	5,  // 22: qcluster.testos.v1.NodeService.Status:output_type -> qcluster.testos.v1.StatusResponse
+	14, // 23: qcluster.testos.v1.NodeService.WriteDataFile:output_type -> qcluster.testos.v1.WriteDataFileResponse
+	16, // 24: qcluster.testos.v1.NodeService.ReadDataFile:output_type -> qcluster.testos.v1.ReadDataFileResponse
+	18, // 25: qcluster.testos.v1.Management.Reboot:output_type -> qcluster.testos.v1.RebootResponse
+	20, // 26: qcluster.testos.v1.Management.PowerOff:output_type -> qcluster.testos.v1.PowerOffResponse
+	22, // 27: qcluster.testos.v1.Management.Restored:output_type -> qcluster.testos.v1.RestoredResponse
+	24, // 28: qcluster.testos.v1.Membership.Join:output_type -> qcluster.testos.v1.JoinResponse
+	26, // 29: qcluster.testos.v1.Membership.Heartbeat:output_type -> qcluster.testos.v1.HeartbeatResponse
+	28, // 30: qcluster.testos.v1.Membership.List:output_type -> qcluster.testos.v1.ListResponse
+	22, // [22:31] is the sub-list for method output_type
+	13, // [13:22] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -2227,7 +2337,7 @@ func file_testos_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_testos_proto_rawDesc), len(file_testos_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -216,6 +216,7 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 const (
 	Management_Reboot_FullMethodName   = "/qcluster.testos.v1.Management/Reboot"
 	Management_PowerOff_FullMethodName = "/qcluster.testos.v1.Management/PowerOff"
+	Management_Restored_FullMethodName = "/qcluster.testos.v1.Management/Restored"
 )
 
 // ManagementClient is the client API for Management service.
@@ -228,6 +229,10 @@ const (
 type ManagementClient interface {
 	Reboot(ctx context.Context, in *RebootRequest, opts ...grpc.CallOption) (*RebootResponse, error)
 	PowerOff(ctx context.Context, in *PowerOffRequest, opts ...grpc.CallOption) (*PowerOffResponse, error)
+	// Restored tells a node that it was restored from a snapshot: it steps
+	// its wall clock (CLOCK_REALTIME carries on from the snapshot's moment)
+	// and mixes fresh entropy into its random pool (which is the template's).
+	Restored(ctx context.Context, in *RestoredRequest, opts ...grpc.CallOption) (*RestoredResponse, error)
 }
 
 type managementClient struct {
@@ -258,6 +263,16 @@ func (c *managementClient) PowerOff(ctx context.Context, in *PowerOffRequest, op
 	return out, nil
 }
 
+func (c *managementClient) Restored(ctx context.Context, in *RestoredRequest, opts ...grpc.CallOption) (*RestoredResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestoredResponse)
+	err := c.cc.Invoke(ctx, Management_Restored_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ManagementServer is the server API for Management service.
 // All implementations must embed UnimplementedManagementServer
 // for forward compatibility.
@@ -268,6 +283,10 @@ func (c *managementClient) PowerOff(ctx context.Context, in *PowerOffRequest, op
 type ManagementServer interface {
 	Reboot(context.Context, *RebootRequest) (*RebootResponse, error)
 	PowerOff(context.Context, *PowerOffRequest) (*PowerOffResponse, error)
+	// Restored tells a node that it was restored from a snapshot: it steps
+	// its wall clock (CLOCK_REALTIME carries on from the snapshot's moment)
+	// and mixes fresh entropy into its random pool (which is the template's).
+	Restored(context.Context, *RestoredRequest) (*RestoredResponse, error)
 	mustEmbedUnimplementedManagementServer()
 }
 
@@ -283,6 +302,9 @@ func (UnimplementedManagementServer) Reboot(context.Context, *RebootRequest) (*R
 }
 func (UnimplementedManagementServer) PowerOff(context.Context, *PowerOffRequest) (*PowerOffResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method PowerOff not implemented")
+}
+func (UnimplementedManagementServer) Restored(context.Context, *RestoredRequest) (*RestoredResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Restored not implemented")
 }
 func (UnimplementedManagementServer) mustEmbedUnimplementedManagementServer() {}
 func (UnimplementedManagementServer) testEmbeddedByValue()                    {}
@@ -341,6 +363,24 @@ func _Management_PowerOff_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Management_Restored_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoredRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ManagementServer).Restored(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Management_Restored_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ManagementServer).Restored(ctx, req.(*RestoredRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Management_ServiceDesc is the grpc.ServiceDesc for Management service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -355,6 +395,10 @@ var Management_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PowerOff",
 			Handler:    _Management_PowerOff_Handler,
+		},
+		{
+			MethodName: "Restored",
+			Handler:    _Management_Restored_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -13,7 +13,10 @@ import (
 	"net"
 	"regexp"
 	"strconv"
+	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/qcluster/qcluster/cluster"
@@ -36,6 +39,7 @@ var (
 	_ cluster.Profile        = (*Profile)(nil)
 	_ cluster.Shutdowner     = (*Profile)(nil)
 	_ cluster.FailureMatcher = (*Profile)(nil)
+	_ cluster.Restorer       = (*Profile)(nil)
 )
 
 func (p *Profile) port() int {
@@ -123,6 +127,28 @@ func (p *Profile) Shutdown(ctx context.Context, c *cluster.Cluster, node *cluste
 	}
 	if err != nil {
 		return fmt.Errorf("ask %s to shut down: %w", node.Name, err)
+	}
+	return nil
+}
+
+// AfterRestore steps the node's clock to the host's and gives it fresh
+// entropy (Management.Restored): a restored node's wall clock lags by the
+// snapshot's age, and its random pool is the template's.
+func (p *Profile) AfterRestore(ctx context.Context, c *cluster.Cluster, node *cluster.Node) error {
+	conn, err := c.GRPC(node.Index, p.port())
+	if err != nil {
+		return err
+	}
+	seed := make([]byte, 64)
+	if _, err := rand.Read(seed); err != nil {
+		return err
+	}
+	_, err = api.NewManagementClient(conn).Restored(ctx, &api.RestoredRequest{UnixNanos: time.Now().UnixNano(), Entropy: seed})
+	if status.Code(err) == codes.Unimplemented {
+		return nil // an agent from before snapshots: its clock lags
+	}
+	if err != nil {
+		return fmt.Errorf("tell %s it was restored: %w", node.Name, err)
 	}
 	return nil
 }

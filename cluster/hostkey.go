@@ -1,0 +1,141 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// hostKey is the part of a SnapshotKey that the host decides: program and
+// firmware versions and the accelerator.
+func (c *Cluster) hostKey(ctx context.Context) (SnapshotKey, error) {
+	k := SnapshotKey{Accel: c.Accel}
+	var err error
+	if k.QEMU, err = programVersion(ctx, c.host.qemu); err != nil {
+		return k, err
+	}
+	if c.host.swtpm != "" {
+		if k.Swtpm, err = programVersion(ctx, c.host.swtpm); err != nil {
+			return k, err
+		}
+		k.Libtpms = libtpmsVersion()
+	}
+	if k.OVMFCode, err = hashFile(c.host.ovmf.Code); err != nil {
+		return k, fmt.Errorf("firmware: %w", err)
+	}
+	if k.OVMFVars, err = hashFile(c.host.ovmf.VarsTemplate); err != nil {
+		return k, fmt.Errorf("firmware: %w", err)
+	}
+	return k, nil
+}
+
+// programVersion runs `prog --version` and returns the word after "version"
+// on its first line ("QEMU emulator version 7.2.22 (Debian …)" → "7.2.22").
+func programVersion(ctx context.Context, prog string) (string, error) {
+	out, err := exec.CommandContext(ctx, prog, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s --version: %w", prog, err)
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	f := strings.Fields(line)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "version" {
+			return strings.TrimSuffix(f[i+1], ","), nil
+		}
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// libtpmsVersion is the version in the file name of the libtpms that
+// swtpm loads (libtpms.so.0 → libtpms.so.0.9.2), "unknown" if not found.
+// swtpm does not report it.
+func libtpmsVersion() string {
+	for _, dir := range []string{"/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"} {
+		if p, err := filepath.EvalSymlinks(filepath.Join(dir, "libtpms.so.0")); err == nil {
+			return strings.TrimPrefix(filepath.Base(p), "libtpms.so.")
+		}
+	}
+	return "unknown"
+}
+
+// imageDigest is the digest of the OS image's manifest, from index.json.
+func imageDigest(dir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	if err != nil {
+		return "", fmt.Errorf("image digest: %w", err)
+	}
+	var idx struct {
+		Manifests []struct {
+			Digest string `json:"digest"`
+		} `json:"manifests"`
+	}
+	if err := json.Unmarshal(b, &idx); err != nil || len(idx.Manifests) != 1 {
+		return "", fmt.Errorf("image digest: %s/index.json: want one manifest", dir)
+	}
+	return idx.Manifests[0].Digest, nil
+}
+
+// profileRecord describes a profile for the manifest: its type and its
+// settings as JSON.
+func profileRecord(p Profile) (ManifestProfile, error) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return ManifestProfile{}, fmt.Errorf("profile %T: %w", p, err)
+	}
+	return ManifestProfile{Type: fmt.Sprintf("%T", p), Settings: b}, nil
+}
+
+// TemplateKey names the template that a cache of snapshots would restore a
+// cluster for opts from: a hash of everything a restore must match (the
+// host's QEMU, swtpm and firmware, the accelerator, the image, the loader,
+// the nodes' machines, the subnet, the profile and, when given, the name).
+// It finds the programs and files as Launch does.
+func TemplateKey(ctx context.Context, opts Options) (string, error) {
+	opts.Snapshot = ""
+	o, err := opts.withDefaults()
+	if err != nil {
+		return "", err
+	}
+	c := &Cluster{opts: o}
+	if err := c.checkHost(ctx); err != nil {
+		return "", err
+	}
+	k, err := c.hostKey(ctx)
+	if err != nil {
+		return "", err
+	}
+	if k.Image, err = imageDigest(c.host.image); err != nil {
+		return "", err
+	}
+	if k.Loader, err = hashFile(c.host.loader); err != nil {
+		return "", fmt.Errorf("loader: %w", err)
+	}
+	k.Nodes = o.Nodes
+	for i := 0; i < o.Nodes; i++ {
+		n, _ := o.nodeOptions(i) // checked by withDefaults
+		k.Machines = append(k.Machines, machineKey(n))
+	}
+	prof, err := profileRecord(o.Profile)
+	if err != nil {
+		return "", err
+	}
+	name := opts.Name // a generated name is no part of the key
+	b, err := json.Marshal(struct {
+		Format  int
+		Key     SnapshotKey
+		Profile ManifestProfile
+		Subnet  string
+		Name    string
+	}{manifestFormat, k, prof, o.Subnet.String(), name})
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16]), nil
+}
