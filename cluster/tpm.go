@@ -1,0 +1,34 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+
+	"github.com/qcluster/qcluster/swtpm"
+)
+
+// manufactureTPMs makes the cluster's TPM CA and every node's TPM state.
+func (c *Cluster) manufactureTPMs(ctx context.Context) error {
+	if !c.needsTPM() {
+		return nil
+	}
+	ca, err := swtpm.NewCA(ctx, filepath.Join(c.StateDir, "tpm-ca"), swtpm.CAOptions{
+		SetupBinary: c.host.swtpmSetup, TPMBinary: c.host.swtpm, Logger: c.opts.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("TPM CA: %w", err)
+	}
+	c.tpmCA = ca
+	return c.forEachNode(ctx, func(ctx context.Context, n *Node) error {
+		if n.tpmState == "" {
+			return nil
+		}
+		m, err := ca.Manufacture(ctx, n.tpmState, swtpm.ManufactureOptions{Name: n.Name})
+		if err != nil {
+			return fmt.Errorf("%s: manufacture TPM: %w", n.Name, err)
+		}
+		n.EKCertificate = m.EKCertRSA
+		return nil
+	})
+}
