@@ -15,10 +15,17 @@ import (
 // prepareState makes the state, log and socket directories and the plan.
 func (c *Cluster) prepareState(ctx context.Context) error {
 	o := c.opts
+	// The lock says "in use" to any other launch pointed at this directory.
+	var lock *os.File
+	var err error
 	if o.StateDir == "" {
 		dir, err := os.MkdirTemp(o.TempDir, "qcluster-"+o.Name+"-")
 		if err != nil {
 			return fmt.Errorf("state directory: %w", err)
+		}
+		if lock, _, err = lockDir(dir); err != nil {
+			os.RemoveAll(dir) // fresh, so ours alone
+			return err
 		}
 		c.StateDir = dir
 	} else {
@@ -26,16 +33,10 @@ func (c *Cluster) prepareState(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("state directory %s: %w", o.StateDir, err)
 		}
-		if err := claimDir(dir); err != nil {
+		if lock, err = claimDir(dir); err != nil {
 			return err
 		}
 		c.StateDir = dir
-	}
-	// The lock says "in use" to any other launch pointed at this directory.
-	lock, err := lockDir(c.StateDir)
-	if err != nil {
-		os.RemoveAll(c.StateDir)
-		return err
 	}
 	keep := o.KeepState
 	c.onUndo("remove state directory", func() error {
@@ -96,51 +97,60 @@ func (c *Cluster) prepareState(ctx context.Context) error {
 
 const lockName = ".qcluster.lock"
 
-// claimDir makes dir (0700) or accepts it if it is empty; a directory that
-// another cluster holds, or that holds anything, is refused.
-func claimDir(dir string) error {
-	entries, err := os.ReadDir(dir)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
+// claimDir makes dir (0700) or accepts it if it is empty, and returns its
+// lock; a directory that another cluster holds, or that holds anything, is
+// refused. The lock is taken before the directory is judged, so that of two
+// launches given one directory the loser finds it in use and touches nothing.
+func claimDir(dir string) (*os.File, error) {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("state directory %s: %w", dir, err)
+			return nil, fmt.Errorf("state directory %s: %w", dir, err)
 		}
-		return nil
-	case err != nil:
-		return fmt.Errorf("state directory %s: %w", dir, err)
-	}
-	for _, e := range entries {
-		if e.Name() == lockName {
-			if f, err := lockDir(dir); err != nil {
-				return err
-			} else {
-				f.Close()
-			}
-		}
-	}
-	if len(entries) > 0 {
-		return fmt.Errorf("state directory %s is not empty: remove it or choose another (--state-dir)", dir)
 	}
 	if err := unix.Access(dir, unix.W_OK); err != nil {
-		return fmt.Errorf("state directory %s is not writable: %w", dir, err)
+		return nil, fmt.Errorf("state directory %s is not writable: %w", dir, err)
 	}
-	return os.Chmod(dir, 0o700)
+	lock, created, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dir)
+	if err == nil && len(entries) > 1 {
+		err = fmt.Errorf("state directory %s is not empty: remove it or choose another (--state-dir)", dir)
+	}
+	if err == nil {
+		err = os.Chmod(dir, 0o700)
+	}
+	if err != nil {
+		if created { // leave the directory as it was
+			os.Remove(lock.Name())
+		}
+		lock.Close()
+		return nil, err
+	}
+	return lock, nil
 }
 
-// lockDir takes an exclusive lock on dir's lock file.
-func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o600)
+// lockDir takes an exclusive lock on dir's lock file, and says whether it
+// made the file.
+func lockDir(dir string) (f *os.File, created bool, err error) {
+	name := filepath.Join(dir, lockName)
+	f, err = os.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	created = err == nil
+	if errors.Is(err, os.ErrExist) {
+		f, err = os.OpenFile(name, os.O_RDWR, 0o600)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("state directory %s: %w", dir, err)
+		return nil, false, fmt.Errorf("state directory %s: %w", dir, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("state directory %s is in use by another cluster", dir)
+			return nil, false, fmt.Errorf("state directory %s is in use by another cluster", dir)
 		}
-		return nil, fmt.Errorf("state directory %s: lock: %w", dir, err)
+		return nil, false, fmt.Errorf("state directory %s: lock: %w", dir, err)
 	}
-	return f, nil
+	return f, created, nil
 }
 
 // writeUserFiles writes the CA, the owner's certificate and an env file.
