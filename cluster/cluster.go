@@ -29,18 +29,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/qcluster/qcluster/qemu"
 	"github.com/qcluster/qcluster/swtpm"
 )
 
@@ -233,108 +230,6 @@ func (c *Cluster) forEachNode(ctx context.Context, fn func(context.Context, *Nod
 		g.Go(func() error { return fn(ctx, n) })
 	}
 	return g.Wait()
-}
-
-// waitReady waits for every node at once; the first failure cancels the rest.
-func (c *Cluster) waitReady(ctx context.Context) error {
-	return c.forEachNode(ctx, c.waitNode)
-}
-
-// waitNode probes n with backoff until it is ready, racing against its
-// processes exiting and its console showing a failure.
-func (c *Cluster) waitNode(ctx context.Context, n *Node) error {
-	vm, tpm := n.processes()
-	if vm == nil {
-		return n.fail(errors.New("not running"))
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	// Watchers turn an exit or a failure line into the cancellation cause.
-	go func() {
-		select {
-		case <-vm.Exited():
-			ex, _ := vm.Wait()
-			cancel(fmt.Errorf("QEMU exited before the node was ready: %s", ex))
-		case <-ctx.Done():
-		}
-	}()
-	if tpm != nil {
-		go func() {
-			select {
-			case <-tpm.Exited():
-				cancel(fmt.Errorf("swtpm exited before the node was ready: %v", tpm.Wait()))
-			case <-ctx.Done():
-			}
-		}()
-	}
-	go func() {
-		if line, err := vm.Console().WaitFor(ctx, c.failurePattern()); err == nil {
-			cancel(fmt.Errorf("console: %s", completeLine(ctx, vm.Console(), line)))
-		}
-	}()
-
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = 50 * time.Millisecond
-	b.MaxInterval = 250 * time.Millisecond
-	b.RandomizationFactor = 0.5
-	b.MaxElapsedTime = 0 // the context bounds it
-	var lastErr error
-	for {
-		attempt, cancelAttempt := context.WithTimeout(ctx, 3*time.Second)
-		err := c.probe(attempt, n)
-		cancelAttempt()
-		if err == nil {
-			n.setReady()
-			c.progress(Event{Kind: NodeReady, Step: "Waiting for nodes", Node: n.Name, Elapsed: n.Timings().Ready})
-			return nil
-		}
-		lastErr = err
-		select {
-		case <-ctx.Done():
-			cause := context.Cause(ctx)
-			switch {
-			case errors.Is(cause, context.Canceled):
-				return cause // the caller gave up, or another node failed first
-			case errors.Is(cause, context.DeadlineExceeded):
-				cause = fmt.Errorf("not ready before the launch timeout; last probe: %v", lastErr)
-			}
-			return n.fail(cause)
-		case <-time.After(b.NextBackOff()):
-		}
-	}
-}
-
-// completeLine returns the console line that begins with partial, once it
-// has ended: a match can come while the line is still being written
-// ("Kernel panic - not syncing" before ": Attempted to kill init"). It waits
-// at most half a second for the end of the line.
-func completeLine(ctx context.Context, con *qemu.Console, partial string) string {
-	partial = strings.TrimSpace(partial)
-	next := con.Cursor() + 1 // a line after the one being written
-	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	defer cancel()
-	_, _ = con.WaitForFrom(ctx, next, regexp.MustCompile(`.`))
-	tail := con.Tail(consoleTailLines)
-	for i := len(tail) - 1; i >= 0; i-- {
-		if l := strings.TrimSpace(tail[i]); strings.HasPrefix(l, partial) {
-			return l
-		}
-	}
-	return partial
-}
-
-// failurePattern matches the generic failure lines and the profile's.
-func (c *Cluster) failurePattern() *regexp.Regexp {
-	var alts []string
-	for _, p := range genericFailures {
-		alts = append(alts, regexp.QuoteMeta(p))
-	}
-	if fm, ok := c.opts.Profile.(FailureMatcher); ok {
-		for _, re := range fm.ConsoleFailures() {
-			alts = append(alts, re.String())
-		}
-	}
-	return regexp.MustCompile("(?:" + strings.Join(alts, ")|(?:") + ")")
 }
 
 // TPMCA is the CA that issued every node's TPM endorsement key certificate

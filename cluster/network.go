@@ -16,6 +16,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 
+	"github.com/qcluster/qcluster/internal/atomicfile"
 	"github.com/qcluster/qcluster/internal/child"
 	"github.com/qcluster/qcluster/nanoswitch"
 )
@@ -162,4 +163,45 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Unlock()
 	s.also.Write(p)
 	return len(p), nil
+}
+
+// startNetwork starts the nanoswitch helper and writes the env file.
+func (c *Cluster) startNetwork(ctx context.Context) error {
+	nw, err := startSwitch(ctx, c.host.nanoswitch, filepath.Join(c.sockDir, "net"), c.Plan, c.LogDir)
+	if err != nil {
+		return err
+	}
+	c.net = nw
+	c.onUndo("stop nanoswitch", nw.close)
+	for _, n := range c.Nodes {
+		if n.netSock, err = nw.socket(n.Name); err != nil {
+			return err
+		}
+	}
+	c.SOCKS5 = SOCKS5{Address: nw.ready.SOCKSAddress, CredentialsFile: nw.ready.CredentialsFile}
+	return c.writeEnv()
+}
+
+// writeEnv writes a shell file that points tools at the cluster.
+func (c *Cluster) writeEnv() error {
+	user, pass := "", ""
+	if c.SOCKS5.CredentialsFile != "" {
+		var err error
+		if user, pass, err = nanoswitch.ReadCredentials(c.SOCKS5.CredentialsFile); err != nil {
+			return err
+		}
+	}
+	c.SOCKS5.Username, c.SOCKS5.Password = user, pass
+	var b strings.Builder
+	fmt.Fprintf(&b, "# qcluster %s: source this file to reach the nodes.\n", c.Name)
+	fmt.Fprintf(&b, "export QCLUSTER_NAME=%s\n", c.Name)
+	fmt.Fprintf(&b, "export QCLUSTER_CA=%s\nexport QCLUSTER_CERT=%s\nexport QCLUSTER_KEY=%s\n", c.Files.CA, c.Files.ClientCert, c.Files.ClientKey)
+	fmt.Fprintf(&b, "export QCLUSTER_SOCKS5=%s\n", c.SOCKS5.Address)
+	// socks5h: names are resolved by the switch (node0, node0.<domain>).
+	fmt.Fprintf(&b, "export ALL_PROXY=socks5h://%s:%s@%s\n", user, pass, c.SOCKS5.Address)
+	fmt.Fprintf(&b, "export HTTPS_PROXY=$ALL_PROXY\n")
+	for _, n := range c.Nodes {
+		fmt.Fprintf(&b, "export QCLUSTER_%s=%s\n", strings.ToUpper(n.Name), n.Address)
+	}
+	return atomicfile.Write(c.Files.Env, []byte(b.String()), 0o600)
 }

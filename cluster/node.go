@@ -159,16 +159,10 @@ func (n *Node) fail(err error) error {
 	return ne
 }
 
-// consoleMatched reports whether any console line so far matches re.
-func (n *Node) consoleMatched(re *regexp.Regexp) bool {
+// consoleSeen reports whether any console line so far matches re.
+func (n *Node) consoleSeen(re *regexp.Regexp) bool {
 	vm := n.VM()
-	if vm == nil || vm.Console() == nil {
-		return false
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // look at what is there, do not wait
-	_, err := vm.Console().WaitFor(ctx, re)
-	return err == nil
+	return vm != nil && vm.Console() != nil && vm.Console().Seen(re)
 }
 
 // start starts the node's swtpm (if any) and QEMU. ctx bounds start-up only.

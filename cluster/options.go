@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
 	"time"
 )
@@ -34,9 +32,10 @@ type Options struct {
 	// or "tcg". Default: "auto".
 	Accel string
 	// StateDir holds disks, TPM state, logs and sockets. Default: a fresh
-	// directory under $TEST_TMPDIR or the system temp dir. It must not be
-	// in use by another cluster.
+	// directory under TempDir. It must not be in use by another cluster.
 	StateDir string
+	// TempDir is where the fresh StateDir is made. Default: os.TempDir().
+	TempDir string
 	// KeepState keeps StateDir after Close. Default: false (removed).
 	KeepState bool
 	// Profile is the guest OS's profile. Default: none — Launch fails; the
@@ -46,7 +45,7 @@ type Options struct {
 	// ready. Default: 10 minutes.
 	Timeout time.Duration
 	// LogDir receives the nodes' serial logs and command lines. Default:
-	// $TEST_UNDECLARED_OUTPUTS_DIR/<name> when set, else StateDir/logs.
+	// StateDir/logs.
 	LogDir string
 	// Subnet of the cluster's network. Default: 10.42.0.0/24; node i gets
 	// host address 10+i, the gateway .1.
@@ -201,20 +200,4 @@ func (o Options) nodeOptions(i int) (NodeOptions, error) {
 		return n, fmt.Errorf("node%d: disk size %d: want a positive size", i, n.DiskSize)
 	}
 	return n, nil
-}
-
-// defaultStateParent is where fresh state directories go.
-func defaultStateParent() string {
-	if d := os.Getenv("TEST_TMPDIR"); d != "" {
-		return d
-	}
-	return os.TempDir()
-}
-
-// defaultLogDir is where logs go when Options.LogDir is empty.
-func defaultLogDir(name, stateDir string) string {
-	if d := os.Getenv("TEST_UNDECLARED_OUTPUTS_DIR"); d != "" {
-		return filepath.Join(d, name)
-	}
-	return filepath.Join(stateDir, "logs")
 }

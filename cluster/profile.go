@@ -115,7 +115,7 @@ func (ConsoleProfile) Parameters(*Plan, *NodePlan) ([]byte, error) { return nil,
 
 // Probe looks for the pattern in what the console printed so far.
 func (p ConsoleProfile) Probe(ctx context.Context, c *Cluster, n *Node) error {
-	if n.consoleMatched(p.Ready) {
+	if n.consoleSeen(p.Ready) {
 		return nil
 	}
 	return fmt.Errorf("console has not printed %q: %w", p.Ready, ErrNotReady)

@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -266,26 +265,6 @@ func (c *Cluster) probe(ctx context.Context, n *Node) error {
 		n.mu.Unlock()
 	}
 	return c.opts.Profile.Probe(ctx, c, n)
-}
-
-// haltAll stops every node at once.
-func (c *Cluster) haltAll() error {
-	errs := make([]error, len(c.Nodes))
-	done := make(chan struct{})
-	left := len(c.Nodes)
-	if left == 0 {
-		return nil
-	}
-	for i, n := range c.Nodes {
-		go func() {
-			errs[i] = n.halt()
-			done <- struct{}{}
-		}()
-	}
-	for ; left > 0; left-- {
-		<-done
-	}
-	return errors.Join(errs...)
 }
 
 // marshalManifest encodes m as indented JSON.

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"time"
 )
 
 // ErrExited is wrapped by a ConsoleError when QEMU exited before the
@@ -136,6 +137,43 @@ func (c *Console) WaitForFrom(ctx context.Context, from Cursor, re *regexp.Regex
 	case <-ctx.Done():
 		return "", c.errorf(re, nil, ctx.Err())
 	}
+}
+
+// WaitForLine is WaitFor, but returns the whole line: a match can come
+// while its line is still being written ("Kernel panic - not syncing" before
+// ": Attempted to kill init"). Once matched it waits at most lineGrace for
+// the line to end, and returns what there is then.
+func (c *Console) WaitForLine(ctx context.Context, re *regexp.Regexp) (string, error) {
+	partial, err := c.WaitFor(ctx, re)
+	if err != nil {
+		return "", err
+	}
+	partial = strings.TrimSpace(partial)
+	next := c.Cursor() + 1 // a line after the one being written
+	ctx, cancel := context.WithTimeout(ctx, lineGrace)
+	defer cancel()
+	_, _ = c.WaitForFrom(ctx, next, anyLine)
+	tail := c.Tail(0)
+	for i := len(tail) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(tail[i]); strings.HasPrefix(l, partial) {
+			return l, nil
+		}
+	}
+	return partial, nil
+}
+
+// lineGrace is how long WaitForLine waits for a matched line to end.
+const lineGrace = 500 * time.Millisecond
+
+var anyLine = regexp.MustCompile(`.`)
+
+// Seen reports whether a console line so far (the one being written
+// included) matches re, without waiting.
+func (c *Console) Seen(re *regexp.Regexp) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.scanLocked(&waiter{re: re})
+	return ok
 }
 
 // scanLocked looks for w's match among the lines held, the partial one last.

@@ -126,3 +126,34 @@ func TestConsoleWaitFor(t *testing.T) {
 		t.Errorf("log %q, want %q", log, want)
 	}
 }
+
+func TestConsoleWaitForLine(t *testing.T) {
+	c := newTestConsole(t, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	if c.Seen(regexp.MustCompile(`panic`)) {
+		t.Fatal("Seen before anything was printed")
+	}
+	// The match comes while the line is still being written; the rest of
+	// the line follows.
+	c.send(t, "boot\nKernel panic - not syncing")
+	got := make(chan string, 1)
+	go func() {
+		line, err := c.WaitForLine(ctx, regexp.MustCompile(`Kernel panic`))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- line
+	}()
+	for !c.Seen(regexp.MustCompile(`not syncing`)) {
+		time.Sleep(time.Millisecond)
+	}
+	c.send(t, ": Attempted to kill init\nmore\n")
+	if line := <-got; line != "Kernel panic - not syncing: Attempted to kill init" {
+		t.Errorf("WaitForLine = %q, want the whole line", line)
+	}
+	if !c.Seen(regexp.MustCompile(`^more$`)) {
+		t.Error("Seen misses a line printed")
+	}
+}

@@ -41,7 +41,7 @@ type Options struct {
 	// before it kills QEMU. Default 10s.
 	StopTimeout time.Duration
 	// Logger receives the command line, the accelerator notice, QEMU's
-	// stderr and QMP events. Default slog.Default().
+	// stderr and QMP events. Default: discard.
 	Logger *slog.Logger
 }
 
@@ -175,7 +175,7 @@ func New(m Machine, opts Options) (*VM, error) {
 	}
 	logger := opts.Logger
 	if logger == nil {
-		logger = slog.Default()
+		logger = slog.New(slog.DiscardHandler)
 	}
 	return &VM{m: m, opts: opts, logger: logger.With("machine", m.Name), exited: make(chan struct{}), startDone: make(chan struct{})}, nil
 }

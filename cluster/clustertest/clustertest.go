@@ -3,14 +3,16 @@
 // when the test fails attaches every node's console tail and the paths of
 // its logs and QEMU command line to the test output.
 //
-// Logs go to $TEST_UNDECLARED_OUTPUTS_DIR when Bazel sets it, else, when the
-// test fails, the state directory is kept so that they survive.
+// Under Bazel, state goes under $TEST_TMPDIR and logs to
+// $TEST_UNDECLARED_OUTPUTS_DIR/<name>; elsewhere logs go to a directory that
+// is kept only when the test fails. (cluster itself reads no environment.)
 package clustertest
 
 import (
 	"context"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -33,8 +35,15 @@ func Launch(t testing.TB, opts cluster.Options) *cluster.Cluster {
 // the error instead of failing the test.
 func TryLaunch(t testing.TB, opts cluster.Options) (*cluster.Cluster, error) {
 	t.Helper()
+	if opts.TempDir == "" {
+		opts.TempDir = os.Getenv("TEST_TMPDIR")
+	}
 	if opts.LogDir == "" {
-		opts.LogDir = KeepLogsOnFailure(t)
+		if d := os.Getenv("TEST_UNDECLARED_OUTPUTS_DIR"); d != "" && opts.Name != "" {
+			opts.LogDir = filepath.Join(d, opts.Name)
+		} else {
+			opts.LogDir = KeepLogsOnFailure(t)
+		}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -101,12 +110,16 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // KeepLogsOnFailure returns a directory for Options.LogDir that is removed
 // when the test passes and kept (and named in the test log) when it fails.
-// Under Bazel it returns "" so that cluster's default,
-// $TEST_UNDECLARED_OUTPUTS_DIR, applies.
+// Under Bazel it returns a fresh directory in $TEST_UNDECLARED_OUTPUTS_DIR,
+// which Bazel keeps.
 func KeepLogsOnFailure(t testing.TB) string {
 	t.Helper()
 	if d := os.Getenv("TEST_UNDECLARED_OUTPUTS_DIR"); d != "" {
-		return ""
+		dir, err := os.MkdirTemp(d, "qcluster-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dir
 	}
 	dir, err := os.MkdirTemp("", "qcluster-logs-")
 	if err != nil {
