@@ -19,6 +19,7 @@ import (
 
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/imagebuild/blockdev/blockdevtest"
+	"github.com/qcluster/qcluster/imagebuild/disklayout"
 	"github.com/qcluster/qcluster/imagebuild/fat32/fat32test"
 	"github.com/qcluster/qcluster/imagebuild/gpt"
 	"github.com/qcluster/qcluster/internal/needs"
@@ -187,10 +188,10 @@ func TestNodeDisk(t *testing.T) {
 		typ  gpt.GUID
 		size int64
 	}{
-		{NameESP, TypeEFISystem, opts.ESPSize},
-		{NameSystemA, TypeSystem, opts.SystemSize},
-		{NameSystemB, TypeSystem, opts.SystemSize},
-		{NameData, TypeData, 256<<20 - 1<<20 - 64<<20 - 2*32<<20 - 1<<20}, // the last MiB holds the backup table
+		{disklayout.NameESP, gpt.TypeEFISystem, opts.ESPSize},
+		{disklayout.NameSystemA, typeSystem, opts.SystemSize},
+		{disklayout.NameSystemB, typeSystem, opts.SystemSize},
+		{disklayout.NameData, typeData, 256<<20 - 1<<20 - 64<<20 - 2*32<<20 - 1<<20}, // the last MiB holds the backup table
 	}
 	if len(parts) != len(want) {
 		t.Fatalf("sfdisk sees %d partitions, want %d", len(parts), len(want))
@@ -233,9 +234,9 @@ func TestNodeDisk(t *testing.T) {
 	fat32test.Fsck(t, img, esp.Offset(), esp.Size())
 	files := fat32test.Files(t, img, esp.Offset())
 	wantFiles := map[string][]byte{
-		LoaderPath:     read(t, opts.Loader),
-		LoaderConfPath: []byte(LoaderConf),
-		KernelPath:     read(t, opts.Kernel),
+		disklayout.LoaderPath:     read(t, opts.Loader),
+		disklayout.LoaderConfPath: []byte(disklayout.LoaderConf),
+		disklayout.KernelPath:     read(t, opts.Kernel),
 	}
 	for _, e := range opts.ExtraESPFiles {
 		wantFiles[e.Path] = read(t, e.Blob)

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/qcluster/qcluster/imagebuild/disklayout"
 	"github.com/qcluster/qcluster/testos/api"
 	"github.com/qcluster/qcluster/testos/internal/boot"
 )
@@ -55,11 +56,11 @@ func (s *storageState) bring(ctx context.Context, log *slog.Logger, stage1 bool)
 	if s.slotSource == "default" {
 		log.Info("no qcluster entry in LoaderEntrySelected: slot A", "entry", s.entry)
 	}
-	sys, err := boot.FindPart(parts, boot.TypeSystem, "SYSTEM-"+s.slot)
+	sys, err := boot.FindPart(parts, disklayout.TypeSystem, disklayout.SystemName(s.slot))
 	if err != nil {
 		return fmt.Errorf("slot %s: %w", s.slot, err)
 	}
-	dataPart, err := boot.FindPart(parts, boot.TypeData, "DATA")
+	dataPart, err := boot.FindPart(parts, disklayout.TypeData, disklayout.NameData)
 	if err != nil {
 		return err
 	}
@@ -135,7 +136,7 @@ func (s *storageState) bringData(log *slog.Logger, dev string) error {
 			return fmt.Errorf("data: %w", err)
 		}
 		t := time.Now()
-		argv := append(append([]string(nil), mke2fsArgv...), "-t", "ext4", "-F", "-q", "-L", "DATA", "-U", id,
+		argv := append(append([]string(nil), mke2fsArgv...), "-t", "ext4", "-F", "-q", "-L", disklayout.NameData, "-U", id,
 			"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard,hash_seed="+id, dev)
 		if err := runCommand([]string{"MKE2FS_CONFIG=" + systemMount + "/etc/mke2fs.conf"}, argv...); err != nil {
 			return fmt.Errorf("data: format %s: %w", dev, err)
