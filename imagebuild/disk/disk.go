@@ -37,22 +37,19 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/imagebuild/disklayout"
 	"github.com/qcluster/qcluster/imagebuild/fat32"
 	"github.com/qcluster/qcluster/imagebuild/gpt"
+	"github.com/qcluster/qcluster/internal/atomicfile"
 )
 
 // Blob is a payload: Size bytes, read from the start by Open. When Open
-// returns an *os.File the copy can reflink it. osimage.Payload satisfies it.
-type Blob interface {
-	Open() (io.ReadCloser, error)
-	Size() int64
-}
+// returns an *os.File the copy can reflink it. osimage.Payload and
+// blockdev.FileBlob satisfy it.
+type Blob = blockdev.Blob
 
 // File is an extra file for the ESP.
 type File struct {
@@ -180,7 +177,7 @@ func NewPlan(opts Options) (*Plan, error) {
 
 	files := []fat32.File{
 		{Path: disklayout.LoaderPath, Blob: opts.Loader},
-		{Path: disklayout.LoaderConfPath, Blob: bytesBlob(disklayout.LoaderConf)},
+		{Path: disklayout.LoaderConfPath, Blob: blockdev.Bytes(disklayout.LoaderConf)},
 		{Path: disklayout.KernelPath, Blob: opts.Kernel},
 	}
 	for _, f := range opts.ExtraESPFiles {
@@ -263,22 +260,17 @@ func (p *Plan) Write(ctx context.Context, path string) (st *Stats, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("write node disk %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	f, err := atomicfile.Create(path, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("write node disk %s: %w", path, err)
+		return nil, fmt.Errorf("node disk: %w", err)
 	}
-	tmp := f.Name()
 	defer func() {
 		if err != nil {
-			f.Close()
-			os.Remove(tmp)
+			f.Abort()
 			err = fmt.Errorf("write node disk %s: %w", path, err)
 		}
 	}()
-	if err := f.Chmod(0o644); err != nil {
-		return nil, err
-	}
-	dev, err := blockdev.NewFile(f, p.opts.Size)
+	dev, err := blockdev.NewFile(f.File, p.opts.Size)
 	if err != nil {
 		return nil, err
 	}
@@ -328,27 +320,16 @@ func (p *Plan) Write(ctx context.Context, path string) (st *Stats, err error) {
 	}
 	st.Table = time.Since(t)
 
-	if err := dev.Close(); err != nil {
-		return nil, err
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := f.Commit(); err != nil {
 		return nil, err
 	}
 	st.Total = time.Since(start)
 	log.Debug("node disk written", "path", path, "size", p.opts.Size, "duration", st.Total)
 	return st, nil
 }
-
-// bytesBlob is a Blob in memory.
-type bytesBlob string
-
-func (b bytesBlob) Open() (io.ReadCloser, error) {
-	return io.NopCloser(strings.NewReader(string(b))), nil
-}
-func (b bytesBlob) Size() int64 { return int64(len(b)) }
 
 // ctxBlob makes the read/write path of a copy stop when ctx is done; files
 // pass through untouched so that the fast paths still apply.

@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/qcluster/qcluster/internal/atomicfile"
 	"github.com/qcluster/qcluster/testos/api"
 )
 
@@ -147,7 +148,7 @@ func (s *nodeServer) WriteDataFile(_ context.Context, req *api.WriteDataFileRequ
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	if err := writeFileAtomic(p, req.GetContent(), 0o644); err != nil {
+	if err := atomicfile.WriteDurable(p, req.GetContent(), 0o644); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	return &api.WriteDataFileResponse{}, nil

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/qcluster/qcluster/imagebuild/disklayout"
+	"github.com/qcluster/qcluster/internal/atomicfile"
 	"github.com/qcluster/qcluster/testos/api"
 	"github.com/qcluster/qcluster/testos/internal/boot"
 )
@@ -205,7 +206,7 @@ func loadOrCreateID(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return id, writeFileAtomic(path, []byte(id+"\n"), 0o600)
+	return id, atomicfile.WriteDurable(path, []byte(id+"\n"), 0o600)
 }
 
 // countBoot increments the boot counter in path and returns the new value.
@@ -222,38 +223,7 @@ func countBoot(path string) (uint64, error) {
 		return 0, fmt.Errorf("read boot counter: %w", err)
 	}
 	n++
-	return n, writeFileAtomic(path, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600)
-}
-
-// writeFileAtomic writes a file through a synced temp file and a rename.
-func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return n, atomicfile.WriteDurable(path, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600)
 }
 
 // dataPath resolves a client's path below the DATA mount point, refusing
