@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
+	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/imagebuild/disk"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
 	"github.com/qcluster/qcluster/qemu"
@@ -26,11 +26,9 @@ func (c *Cluster) readImage(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	loader, err := os.Stat(c.host.loader)
-	if err != nil {
+	if c.inputs.loader, err = blockdev.NewFileBlob(c.host.loader); err != nil {
 		return fmt.Errorf("loader: %w", err)
 	}
-	c.inputs.loader = fileBlob{path: c.host.loader, size: loader.Size()}
 	kernel, system, err := disk.ImageBlobs(img, false)
 	if errors.Is(err, osimage.ErrCompressed) {
 		// Compressed payloads cannot be reflinked: every node decompresses
@@ -71,15 +69,6 @@ func drain(ctx context.Context, b disk.Blob) error {
 	return ctx.Err()
 }
 
-// fileBlob is a host file as a disk.Blob; it opens as *os.File so that
-// copies can take the fast paths.
-type fileBlob struct {
-	path string
-	size int64
-}
-
-func (f fileBlob) Open() (io.ReadCloser, error) { return os.Open(f.path) }
-func (f fileBlob) Size() int64                  { return f.size }
 
 // synthesizeDisks writes every node's disk and firmware variables at once.
 func (c *Cluster) synthesizeDisks(ctx context.Context) error {

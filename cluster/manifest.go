@@ -178,7 +178,7 @@ func ParseManifest(b []byte) (*Manifest, error) {
 			return bad("no %s", what)
 		}
 	}
-	if m.Key.Nodes != len(m.Nodes) || len(m.Key.Machines) != len(m.Nodes) || len(m.Nodes) < 1 || len(m.Nodes) > maxNodes {
+	if m.Key.Nodes != len(m.Nodes) || len(m.Key.Machines) != len(m.Nodes) || len(m.Nodes) < 1 || len(m.Nodes) > MaxNodes {
 		return bad("%d nodes, %d machines, key says %d nodes", len(m.Nodes), len(m.Key.Machines), m.Key.Nodes)
 	}
 	if m.Key.Accel != "kvm" && m.Key.Accel != "tcg" {
@@ -209,7 +209,7 @@ func ParseManifest(b []byte) (*Manifest, error) {
 			return bad("%s: no certificate or key", n.Name)
 		}
 		o := n.Options
-		if o.CPUs < 1 || o.CPUs > maxCPUs || o.MemoryMiB < minMemoryMiB || o.MemoryMiB > maxMemoryMiB || o.DiskSize <= 0 {
+		if o.CPUs < 1 || o.CPUs > MaxCPUs || o.MemoryMiB < MinMemoryMiB || o.MemoryMiB > MaxMemoryMiB || o.DiskSize <= 0 {
 			return bad("%s: machine options out of range: %d CPUs, %d MiB, disk %d bytes", n.Name, o.CPUs, o.MemoryMiB, o.DiskSize)
 		}
 		for _, f := range []string{snapDisk, snapRAM, snapState} {

@@ -94,14 +94,16 @@ type NodeOptions struct {
 	ExtraQEMUArgs []string
 }
 
-// Limits that catch typos rather than real needs.
+// Limits that catch typos rather than real needs; exported so that a
+// command line can check its flags against the same numbers.
 const (
-	maxNodes     = 64
-	minMemoryMiB = 128
-	maxMemoryMiB = 64 << 10
-	maxCPUs      = 64
-	defaultDisk  = 3 << 30
+	MaxNodes     = 64
+	MinMemoryMiB = 128
+	MaxMemoryMiB = 64 << 10
+	MaxCPUs      = 64
 )
+
+const defaultDisk = 3 << 30
 
 // withDefaults fills o's defaults and checks it. Errors say which option is
 // wrong and what is allowed.
@@ -109,8 +111,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Nodes == 0 {
 		o.Nodes = 3
 	}
-	if o.Nodes < 1 || o.Nodes > maxNodes {
-		return o, fmt.Errorf("%d nodes: want 1 to %d", o.Nodes, maxNodes)
+	if o.Nodes < 1 || o.Nodes > MaxNodes {
+		return o, fmt.Errorf("%d nodes: want 1 to %d", o.Nodes, MaxNodes)
 	}
 	if o.Name == "" {
 		o.Name = "qc" + randomHex(3)
@@ -190,11 +192,11 @@ func (o Options) nodeOptions(i int) (NodeOptions, error) {
 	if n.DiskSize == 0 {
 		n.DiskSize = defaultDisk
 	}
-	if n.CPUs < 1 || n.CPUs > maxCPUs {
-		return n, fmt.Errorf("node%d: %d CPUs: want 1 to %d", i, n.CPUs, maxCPUs)
+	if n.CPUs < 1 || n.CPUs > MaxCPUs {
+		return n, fmt.Errorf("node%d: %d CPUs: want 1 to %d", i, n.CPUs, MaxCPUs)
 	}
-	if n.MemoryMiB < minMemoryMiB || n.MemoryMiB > maxMemoryMiB {
-		return n, fmt.Errorf("node%d: memory %d MiB: want %d to %d MiB", i, n.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+	if n.MemoryMiB < MinMemoryMiB || n.MemoryMiB > MaxMemoryMiB {
+		return n, fmt.Errorf("node%d: memory %d MiB: want %d to %d MiB", i, n.MemoryMiB, MinMemoryMiB, MaxMemoryMiB)
 	}
 	if n.DiskSize < 0 {
 		return n, fmt.Errorf("node%d: disk size %d: want a positive size", i, n.DiskSize)

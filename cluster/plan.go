@@ -44,7 +44,7 @@ type NodePlan struct {
 
 func makePlan(o Options) (*Plan, error) {
 	p := &Plan{Name: o.Name, Domain: o.Name + ".qcluster.test", Subnet: o.Subnet}
-	// A /24 or larger (withDefaults) holds nanoswitch.FirstNodeHost+maxNodes hosts.
+	// A /24 or larger (withDefaults) holds nanoswitch.FirstNodeHost+MaxNodes hosts.
 	p.Gateway = hostAddr(o.Subnet, 1)
 	pki, err := newPKI(o.Name, o.CertValidity)
 	if err != nil {

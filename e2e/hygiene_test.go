@@ -12,7 +12,7 @@ import (
 
 // TestProcessHygiene runs the cluster command and stops it the hard way
 // and the polite way: SIGKILL while nodes boot leaves no helper process;
-// SIGINT, while booting or once ready, exits 0 and removes every file; and a
+// SIGINT, while booting or once ready, exits 130 and removes every file; and a
 // loop of launches all reach ready, each leaving nothing behind.
 func TestProcessHygiene(t *testing.T) {
 	needsVMs(t)
@@ -32,7 +32,7 @@ func TestProcessHygiene(t *testing.T) {
 		if !strings.Contains(cmd.Stderr.String(), "Interrupted") {
 			t.Errorf("stderr does not say the launch was interrupted:\n%s", cmd.Stderr)
 		}
-		t.Logf("SIGINT while booting → exit 0 in %s", took.Round(time.Millisecond))
+		t.Logf("SIGINT while booting → exit 130 in %s", took.Round(time.Millisecond))
 	})
 	t.Run("SIGINTWhenReady", func(t *testing.T) {
 		fix := fixtureDir(t)
@@ -45,7 +45,7 @@ func TestProcessHygiene(t *testing.T) {
 			t.Errorf("summary nodes: %+v", s.Nodes)
 		}
 		took := interrupt(t, cmd)
-		t.Logf("SIGINT when ready → torn down, exit 0 in %s", took.Round(time.Millisecond))
+		t.Logf("SIGINT when ready → torn down, exit 130 in %s", took.Round(time.Millisecond))
 	})
 	t.Run("Loop", func(t *testing.T) {
 		n := 2
@@ -111,7 +111,7 @@ func start(t *testing.T, cmd *command) <-chan struct{} {
 	return exited
 }
 
-// interrupt sends SIGINT and checks that the command exits 0 and leaves
+// interrupt sends SIGINT and checks that the command exits 130 and leaves
 // nothing behind; it returns the time from the signal to the exit.
 func interrupt(t *testing.T, cmd *command) time.Duration {
 	t.Helper()
@@ -125,8 +125,8 @@ func interrupt(t *testing.T, cmd *command) time.Duration {
 		t.Fatalf("still running a minute after SIGINT; stderr:\n%s", cmd.Stderr)
 	}
 	took := time.Since(sent)
-	if code := cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("exit status %d after SIGINT, want 0; stderr:\n%s", code, cmd.Stderr)
+	if code := cmd.ProcessState.ExitCode(); code != 130 {
+		t.Errorf("exit status %d after SIGINT, want 130; stderr:\n%s", code, cmd.Stderr)
 	}
 	if left := cmd.leftovers(); len(left) > 0 {
 		t.Errorf("left behind after SIGINT: %q", left)

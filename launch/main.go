@@ -23,10 +23,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/qcluster/qcluster/cluster"
+	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/testos/profile"
 )
 
@@ -41,6 +43,14 @@ Examples:
   cluster --nodes 1 --memory 1024 --no-tpm  one node, 1 GiB, no TPM
   cluster --exit-when-ready --json out.json launch, write a summary, tear down (for scripts)
   cluster --image ./my-os --ready tcp:22    another OS image, ready when port 22 accepts
+
+Ctrl-C (SIGINT) or SIGTERM cancels the launch or, once the cluster is up,
+stops it; either way everything is torn down first. A second Ctrl-C kills
+at once: the helper processes die with the command, files may stay behind.
+
+Exit status: 0 after --exit-when-ready or --help; 1 when the launch or the
+teardown failed; 2 for a bad flag; 130 after SIGINT and 143 after SIGTERM
+(128 + the signal's number, as a shell reports a command a signal ended).
 
 Flags:
 `
@@ -64,10 +74,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	o := &c.opts
 	var disk, timeout string
 	var noTPM bool
-	fs.IntVar(&o.Nodes, "nodes", 3, "number of nodes (1–64)")
-	fs.IntVar(&o.Node.CPUs, "cpus", 1, "virtual CPUs per node")
-	fs.IntVar(&o.Node.MemoryMiB, "memory", 512, "memory per node, MiB")
-	fs.StringVar(&disk, "disk", "3GiB", "disk size per node (bytes, or with KiB/MiB/GiB)")
+	fs.IntVar(&o.Nodes, "nodes", 3, fmt.Sprintf("number of nodes (1–%d)", cluster.MaxNodes))
+	fs.IntVar(&o.Node.CPUs, "cpus", 1, fmt.Sprintf("virtual CPUs per node (1–%d)", cluster.MaxCPUs))
+	fs.IntVar(&o.Node.MemoryMiB, "memory", 512, fmt.Sprintf("memory per node, MiB (%d–%d)", cluster.MinMemoryMiB, cluster.MaxMemoryMiB))
+	fs.StringVar(&disk, "disk", "3GiB", "disk size per node (bytes, or with KiB/MiB/GiB/TiB)")
 	fs.BoolVar(&noTPM, "no-tpm", false, "start the nodes without a TPM")
 	tpm := fs.Bool("tpm", true, "give every node a swtpm TPM (--tpm=false is --no-tpm)")
 	fs.StringVar(&o.Image, "image", "", "OS image: an OCI layout directory (default: out/testos from make image)")
@@ -104,9 +114,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			}
 		}
 	}
-	size, err := parseSize(disk)
-	if err != nil {
-		return nil, fmt.Errorf("--disk: %w", err)
+	size, err := blockdev.ParseSize(disk)
+	if err != nil || size <= 0 {
+		return nil, fmt.Errorf("--disk %q: want a positive number of bytes, optionally with KiB, MiB, GiB or TiB", disk)
 	}
 	o.Node.DiskSize = size
 	o.Node.NoTPM = noTPM || !*tpm
@@ -116,38 +126,19 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if o.Profile, err = parseReady(c.readySpec); err != nil {
 		return nil, fmt.Errorf("--ready: %w", err)
 	}
-	// Negative or zero values the options would replace by defaults are
-	// mistakes on the command line.
-	if o.Nodes < 1 {
-		return nil, fmt.Errorf("--nodes %d: want 1 to 64", o.Nodes)
+	// The cluster's own limits, checked here so that a mistake is a flag's
+	// one-line error before anything starts; zero, which the options would
+	// replace by a default, is a mistake on the command line too.
+	if o.Nodes < 1 || o.Nodes > cluster.MaxNodes {
+		return nil, fmt.Errorf("--nodes %d: want 1 to %d", o.Nodes, cluster.MaxNodes)
 	}
-	if o.Node.CPUs < 1 {
-		return nil, fmt.Errorf("--cpus %d: want at least 1", o.Node.CPUs)
+	if o.Node.CPUs < 1 || o.Node.CPUs > cluster.MaxCPUs {
+		return nil, fmt.Errorf("--cpus %d: want 1 to %d", o.Node.CPUs, cluster.MaxCPUs)
 	}
-	if o.Node.MemoryMiB < 1 {
-		return nil, fmt.Errorf("--memory %d: want 128 to 65536 (MiB)", o.Node.MemoryMiB)
+	if o.Node.MemoryMiB < cluster.MinMemoryMiB || o.Node.MemoryMiB > cluster.MaxMemoryMiB {
+		return nil, fmt.Errorf("--memory %d: want %d to %d (MiB)", o.Node.MemoryMiB, cluster.MinMemoryMiB, cluster.MaxMemoryMiB)
 	}
 	return c, nil
-}
-
-// parseSize reads "3GiB", "512MiB", "1048576".
-func parseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
-	num, mult := s, int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(s, u.suffix) {
-			num, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
-	if err != nil || n <= 0 || n > (1<<50)/mult {
-		return 0, fmt.Errorf("size %q: want a positive number of bytes, optionally with KiB, MiB or GiB", s)
-	}
-	return n * mult, nil
 }
 
 // parseReady turns --ready into a profile.
@@ -216,10 +207,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.opts.Logger = slog.New(slog.NewTextHandler(lineWriter{st}, &slog.HandlerOptions{Level: level}))
 	cfg.opts.Progress = progressPrinter(st, cfg.opts.Nodes)
 
-	// The first SIGINT/SIGTERM cancels the launch or ends the wait; teardown
-	// follows. A second one is left to the default action.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// The first SIGINT or SIGTERM cancels the launch or ends the wait, and
+	// teardown follows; a second one exits at once. The helpers die with
+	// the command (internal/child), only files may stay behind.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	var interrupted atomic.Int32 // exit status the first signal asks for
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case sig := <-sigs:
+			interrupted.Store(int32(signalStatus(sig)))
+			st.Logf("Stopping (%s): tearing down; press Ctrl-C again to kill at once.", sig)
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-sigs:
+			st.Logf("Killed (%s again) without teardown: the helpers die with the command; its state directory and /tmp/qc-* may stay behind.", sig)
+			os.Exit(signalStatus(sig))
+		case <-done:
+		}
+	}()
 
 	fmt.Fprintf(stderr, "Creating cluster with %d node(s) ...\n", cfg.opts.Nodes)
 	start := time.Now()
@@ -228,7 +242,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(stderr, "Interrupted: everything started was torn down.")
-			return 0
+			return int(interrupted.Load())
 		}
 		fmt.Fprintf(stderr, "ERROR: %v\n", err)
 		var ne *cluster.NodeError
@@ -240,30 +254,40 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	code := 0
 	sum := summarize(c, time.Since(start))
 	printSummary(stdout, sum)
 	if cfg.jsonPath != "" {
 		if err := writeJSON(cfg.jsonPath, sum); err != nil {
 			fmt.Fprintf(stderr, "ERROR: %v\n", err)
-			c.Close()
-			return 1
+			code = 1
 		}
 	}
-	if !cfg.exitWhenReady {
+	if code == 0 && !cfg.exitWhenReady {
 		fmt.Fprintln(stderr, "Press Ctrl-C to stop the cluster.")
 		<-ctx.Done()
+		code = int(interrupted.Load())
 	}
-	stop()
 	t := time.Now()
 	st.Start("Tearing down")
 	err = c.Close()
 	st.End(err == nil)
 	if err != nil {
-		fmt.Fprintf(stderr, "ERROR: teardown: %v\n", err)
+		// Close joins one error per failed undo step: one line.
+		fmt.Fprintf(stderr, "ERROR: teardown: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 		return 1
 	}
-	slog.Debug("teardown", "took", time.Since(t))
-	return 0
+	cfg.opts.Logger.Debug("teardown", "took", time.Since(t))
+	return code
+}
+
+// signalStatus is the exit status after sig: 128 + its number, as a shell
+// reports a command that sig ended.
+func signalStatus(sig os.Signal) int {
+	if s, ok := sig.(syscall.Signal); ok {
+		return 128 + int(s)
+	}
+	return 1
 }
 
 // lineWriter sends log lines through the status printer so they never

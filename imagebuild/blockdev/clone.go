@@ -28,24 +28,30 @@ func CloneFile(dst, src string, perm os.FileMode) (Method, error) {
 		return MethodNone, fmt.Errorf("clone %s: not a regular file", src)
 	}
 	method := MethodNone
-	err = atomicfile.WriteWith(dst, perm, func(out *os.File) error {
-		if err := cloneWhole(out, in); err == nil {
-			method = MethodReflink
-			return nil
-		} else if !errors.Is(err, errors.ErrUnsupported) {
-			return err
+	out, err := atomicfile.Create(dst, perm)
+	if err != nil {
+		return MethodNone, err
+	}
+	defer out.Abort()
+	err = cloneWhole(out.File, in)
+	switch {
+	case err == nil:
+		method = MethodReflink
+	case errors.Is(err, errors.ErrUnsupported):
+		err = out.Truncate(fi.Size())
+		if err == nil {
+			err = eachExtent(in, fi.Size(), func(off, n int64) error {
+				m, err := copyExtent(out.File, in, off, n)
+				if method == MethodNone {
+					method = m
+				}
+				return err
+			})
 		}
-		if err := out.Truncate(fi.Size()); err != nil {
-			return err
-		}
-		return eachExtent(in, fi.Size(), func(off, n int64) error {
-			m, err := copyExtent(out, in, off, n)
-			if method == MethodNone {
-				method = m
-			}
-			return err
-		})
-	})
+	}
+	if err == nil {
+		err = out.Commit()
+	}
 	if err != nil {
 		return MethodNone, fmt.Errorf("clone %s to %s: %w", src, dst, err)
 	}

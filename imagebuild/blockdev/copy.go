@@ -131,15 +131,6 @@ func readWrite(dst io.WriterAt, off int64, src io.Reader, n int64) error {
 	return nil
 }
 
-// Blob is content of a known size, readable from its start.
-type Blob interface {
-	// Open returns a reader positioned at the first byte. An *os.File lets
-	// CopyBlob use the fast paths.
-	Open() (io.ReadCloser, error)
-	// Size is the content's length in bytes.
-	Size() int64
-}
-
 // CopyBlob copies all of b into dst at off with Copy, then makes sure b ends
 // there: content longer than Size is an error, and a reader that checks
 // what it read when it reaches its end (a verifying reader) gets to do so.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/imagebuild/uki"
 	"github.com/qcluster/qcluster/internal/needs"
 	"github.com/qcluster/qcluster/internal/testvm"
@@ -44,7 +45,7 @@ func TestBootOVMF(t *testing.T) {
 	const marker = "qcluster disk boot test: SYSTEM-A\n"
 	opts := testOptions(t, dir)
 	opts.Kernel = fileBlob(ukiPath)
-	opts.System = memBlob(append([]byte(marker), make([]byte, 4096-len(marker))...))
+	opts.System = blockdev.Bytes(append([]byte(marker), make([]byte, 4096-len(marker))...))
 	img := filepath.Join(dir, "disk.raw")
 	if _, err := Write(context.Background(), img, opts); err != nil {
 		t.Fatal(err)

@@ -2,16 +2,16 @@
 // sparse file with a GPT and four partitions, built from the OS image's
 // payloads in milliseconds where the file system can share blocks.
 //
-// Layout (the guest agent relies on names and type GUIDs; see
-// ARCHITECTURE.md, "The node disk"), 512-byte sectors, partitions on 1 MiB
-// boundaries, in this order:
+// Layout (names, type GUIDs and ESP paths are imagebuild/disklayout's, the
+// contract with the guest; see ARCHITECTURE.md, "The node disk"), 512-byte
+// sectors, partitions on 1 MiB boundaries, in this order:
 //
-//	1 ESP       TypeEFISystem  ESPSize (128 MiB)     FAT32: EFI/BOOT/BOOTX64.EFI = Loader,
-//	                                                 loader/loader.conf = LoaderConf,
-//	                                                 EFI/Linux/qcluster-a.efi = Kernel, ExtraESPFiles
-//	2 SYSTEM-A  TypeSystem     SystemSize (1 GiB)    the System payload from offset 0
-//	3 SYSTEM-B  TypeSystem     SystemSize (1 GiB)    empty
-//	4 DATA      TypeData       the rest, whole MiB   empty (the guest formats it)
+//	1 ESP       gpt.TypeEFISystem  ESPSize (128 MiB)   FAT32: EFI/BOOT/BOOTX64.EFI = Loader,
+//	                                                   loader/loader.conf = LoaderConf,
+//	                                                   EFI/Linux/qcluster-a.efi = Kernel, ExtraESPFiles
+//	2 SYSTEM-A  TypeSystem         SystemSize (1 GiB)  the System payload from offset 0
+//	3 SYSTEM-B  TypeSystem         SystemSize (1 GiB)  empty
+//	4 DATA      TypeData           the rest, whole MiB  empty (the guest formats it)
 //
 // Nothing is written as zeroes: SYSTEM-B, DATA and the unused parts of the
 // ESP and SYSTEM-A stay holes. Payload data goes in by reflink
@@ -37,21 +37,19 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
+	"github.com/qcluster/qcluster/imagebuild/disklayout"
 	"github.com/qcluster/qcluster/imagebuild/fat32"
 	"github.com/qcluster/qcluster/imagebuild/gpt"
+	"github.com/qcluster/qcluster/internal/atomicfile"
 )
 
 // Blob is a payload: Size bytes, read from the start by Open. When Open
-// returns an *os.File the copy can reflink it. osimage.Payload satisfies it.
-type Blob interface {
-	Open() (io.ReadCloser, error)
-	Size() int64
-}
+// returns an *os.File the copy can reflink it. osimage.Payload and
+// blockdev.FileBlob satisfy it.
+type Blob = blockdev.Blob
 
 // File is an extra file for the ESP.
 type File struct {
@@ -61,38 +59,14 @@ type File struct {
 	Blob Blob
 }
 
-// Partition names, in table order.
-const (
-	NameESP     = "ESP"
-	NameSystemA = "SYSTEM-A"
-	NameSystemB = "SYSTEM-B"
-	NameData    = "DATA"
-)
-
 // Partition type GUIDs.
 var (
-	// TypeEFISystem is the EFI system partition.
-	TypeEFISystem = gpt.TypeEFISystem
-	// TypeSystem marks qcluster system partitions (A and B).
-	TypeSystem = gpt.MustParseGUID("1A69CDF2-156F-41D0-B76D-DC7AC56AF881")
-	// TypeData marks the qcluster data partition.
-	TypeData = gpt.MustParseGUID("D1044D20-8E0E-4ABF-8522-0C9D469098A3")
+	typeSystem = gpt.MustParseGUID(disklayout.TypeSystem)
+	typeData   = gpt.MustParseGUID(disklayout.TypeData)
 )
 
-// ESP contents.
-const (
-	// LoaderPath is where the loader goes: the removable-media default path
-	// OVMF boots with a fresh variable store.
-	LoaderPath = "EFI/BOOT/BOOTX64.EFI"
-	// LoaderConfPath is systemd-boot's configuration.
-	LoaderConfPath = "loader/loader.conf"
-	// KernelPath is slot A's unified kernel image, a systemd-boot type 2 entry.
-	KernelPath = "EFI/Linux/qcluster-a.efi"
-	// LoaderConf boots slot A at once and locks the editor.
-	LoaderConf = "timeout 0\ndefault qcluster-a.efi\neditor no\n"
-	// Architecture is the only one the disk layout supports (BOOTX64.EFI).
-	Architecture = "x86_64"
-)
+// Architecture is the only one the disk layout supports (BOOTX64.EFI).
+const Architecture = "x86_64"
 
 // Defaults of Options.
 const (
@@ -174,7 +148,7 @@ func NewPlan(opts Options) (*Plan, error) {
 	}
 	if s := opts.System.Size(); s > opts.SystemSize {
 		return nil, fmt.Errorf("plan node disk: system payload is %s, partition %s is %s",
-			blockdev.FormatSize(s), NameSystemA, blockdev.FormatSize(opts.SystemSize))
+			blockdev.FormatSize(s), disklayout.NameSystemA, blockdev.FormatSize(opts.SystemSize))
 	}
 
 	p := &Plan{opts: opts}
@@ -186,9 +160,9 @@ func NewPlan(opts Options) (*Plan, error) {
 		start += size
 		return pt
 	}
-	esp := part(NameESP, TypeEFISystem, opts.ESPSize)
-	a := part(NameSystemA, TypeSystem, opts.SystemSize)
-	b := part(NameSystemB, TypeSystem, opts.SystemSize)
+	esp := part(disklayout.NameESP, gpt.TypeEFISystem, opts.ESPSize)
+	a := part(disklayout.NameSystemA, typeSystem, opts.SystemSize)
+	b := part(disklayout.NameSystemB, typeSystem, opts.SystemSize)
 	// DATA takes whole MiB up to the backup table (the last 33 sectors).
 	p.minSize = start + MinDataSize + (1+gpt.NumEntries*gpt.EntrySize/lba)*lba
 	if opts.Size < p.minSize {
@@ -198,13 +172,13 @@ func NewPlan(opts Options) (*Plan, error) {
 	}
 	_, lastUsable := gpt.Usable(opts.Size)
 	end := (int64(lastUsable+1) * lba) / gpt.Alignment * gpt.Alignment
-	data := part(NameData, TypeData, end-start)
+	data := part(disklayout.NameData, typeData, end-start)
 	p.table = gpt.Table{DiskGUID: p.guid("disk"), Partitions: []gpt.Partition{esp, a, b, data}}
 
 	files := []fat32.File{
-		{Path: LoaderPath, Blob: opts.Loader},
-		{Path: LoaderConfPath, Blob: bytesBlob(LoaderConf)},
-		{Path: KernelPath, Blob: opts.Kernel},
+		{Path: disklayout.LoaderPath, Blob: opts.Loader},
+		{Path: disklayout.LoaderConfPath, Blob: blockdev.Bytes(disklayout.LoaderConf)},
+		{Path: disklayout.KernelPath, Blob: opts.Kernel},
 	}
 	for _, f := range opts.ExtraESPFiles {
 		files = append(files, fat32.File{Path: f.Path, Blob: f.Blob})
@@ -216,7 +190,7 @@ func NewPlan(opts Options) (*Plan, error) {
 		HiddenSectors: uint32(esp.FirstLBA),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("plan node disk: partition %s: %w", NameESP, err)
+		return nil, fmt.Errorf("plan node disk: partition %s: %w", disklayout.NameESP, err)
 	}
 	p.esp = espLayout
 	return p, nil
@@ -249,7 +223,7 @@ func (p *Plan) Size() int64 { return p.opts.Size }
 
 // Copied reports how one payload reached the disk.
 type Copied struct {
-	// Partition is the partition it went to (NameESP or NameSystemA).
+	// Partition is the partition it went to (disklayout.NameESP or disklayout.NameSystemA).
 	Partition string
 	// Path is its path in the ESP; "" for a whole-partition payload.
 	Path string
@@ -286,22 +260,17 @@ func (p *Plan) Write(ctx context.Context, path string) (st *Stats, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("write node disk %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	f, err := atomicfile.Create(path, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("write node disk %s: %w", path, err)
+		return nil, fmt.Errorf("node disk: %w", err)
 	}
-	tmp := f.Name()
 	defer func() {
 		if err != nil {
-			f.Close()
-			os.Remove(tmp)
+			f.Abort()
 			err = fmt.Errorf("write node disk %s: %w", path, err)
 		}
 	}()
-	if err := f.Chmod(0o644); err != nil {
-		return nil, err
-	}
-	dev, err := blockdev.NewFile(f, p.opts.Size)
+	dev, err := blockdev.NewFile(f.File, p.opts.Size)
 	if err != nil {
 		return nil, err
 	}
@@ -319,10 +288,10 @@ func (p *Plan) Write(ctx context.Context, path string) (st *Stats, err error) {
 	}
 	copied, err := p.esp.Write(esp)
 	if err != nil {
-		return nil, fmt.Errorf("partition %s: %w", NameESP, err)
+		return nil, fmt.Errorf("partition %s: %w", disklayout.NameESP, err)
 	}
 	for _, c := range copied {
-		st.Copied = append(st.Copied, Copied{Partition: NameESP, Path: c.Path, Bytes: c.Bytes, Method: c.Method})
+		st.Copied = append(st.Copied, Copied{Partition: disklayout.NameESP, Path: c.Path, Bytes: c.Bytes, Method: c.Method})
 	}
 	st.ESP = time.Since(t)
 	log.Debug("node disk: ESP written", "path", path, "files", len(copied), "used", p.esp.Used(), "duration", st.ESP)
@@ -338,9 +307,9 @@ func (p *Plan) Write(ctx context.Context, path string) (st *Stats, err error) {
 	}
 	m, err := blockdev.CopyBlob(sysA, 0, ctxBlob{ctx, p.opts.System})
 	if err != nil {
-		return nil, fmt.Errorf("partition %s: system payload: %w", NameSystemA, err)
+		return nil, fmt.Errorf("partition %s: system payload: %w", disklayout.NameSystemA, err)
 	}
-	st.Copied = append(st.Copied, Copied{Partition: NameSystemA, Bytes: p.opts.System.Size(), Method: m})
+	st.Copied = append(st.Copied, Copied{Partition: disklayout.NameSystemA, Bytes: p.opts.System.Size(), Method: m})
 	st.System = time.Since(t)
 	log.Debug("node disk: system payload written", "path", path, "bytes", p.opts.System.Size(), "method", m.String(), "duration", st.System)
 
@@ -351,27 +320,16 @@ func (p *Plan) Write(ctx context.Context, path string) (st *Stats, err error) {
 	}
 	st.Table = time.Since(t)
 
-	if err := dev.Close(); err != nil {
-		return nil, err
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := f.Commit(); err != nil {
 		return nil, err
 	}
 	st.Total = time.Since(start)
 	log.Debug("node disk written", "path", path, "size", p.opts.Size, "duration", st.Total)
 	return st, nil
 }
-
-// bytesBlob is a Blob in memory.
-type bytesBlob string
-
-func (b bytesBlob) Open() (io.ReadCloser, error) {
-	return io.NopCloser(strings.NewReader(string(b))), nil
-}
-func (b bytesBlob) Size() int64 { return int64(len(b)) }
 
 // ctxBlob makes the read/write path of a copy stop when ctx is done; files
 // pass through untouched so that the fast paths still apply.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/imagebuild/blockdev/blockdevtest"
+	"github.com/qcluster/qcluster/imagebuild/disklayout"
 	"github.com/qcluster/qcluster/imagebuild/fat32/fat32test"
 	"github.com/qcluster/qcluster/imagebuild/gpt"
 	"github.com/qcluster/qcluster/internal/needs"
@@ -38,12 +39,6 @@ func (f fileBlob) Size() int64 {
 	}
 	return fi.Size()
 }
-
-// memBlob is a Blob in memory, opened as a plain reader.
-type memBlob []byte
-
-func (m memBlob) Open() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(m)), nil }
-func (m memBlob) Size() int64                  { return int64(len(m)) }
 
 // writeRandom writes n random bytes (no zero blocks) to dir/name.
 func writeRandom(t testing.TB, dir, name string, n int, seed byte) string {
@@ -80,8 +75,8 @@ func testOptions(t testing.TB, dir string) Options {
 		Kernel:     fileBlob(writeRandom(t, dir, "kernel.efi", 3<<20+4096*5+17, 1)),
 		System:     fileBlob(writeRandom(t, dir, "system", 10<<20+4096*3+100, 2)),
 		ExtraESPFiles: []File{
-			{Path: "EFI/qcluster/parameters.json", Blob: memBlob(`{"name":"node0"}`)},
-			{Path: "Some Long Name.txt", Blob: memBlob("long names work\n")},
+			{Path: "EFI/qcluster/parameters.json", Blob: blockdev.Bytes(`{"name":"node0"}`)},
+			{Path: "Some Long Name.txt", Blob: blockdev.Bytes("long names work\n")},
 		},
 	}
 }
@@ -187,10 +182,10 @@ func TestNodeDisk(t *testing.T) {
 		typ  gpt.GUID
 		size int64
 	}{
-		{NameESP, TypeEFISystem, opts.ESPSize},
-		{NameSystemA, TypeSystem, opts.SystemSize},
-		{NameSystemB, TypeSystem, opts.SystemSize},
-		{NameData, TypeData, 256<<20 - 1<<20 - 64<<20 - 2*32<<20 - 1<<20}, // the last MiB holds the backup table
+		{disklayout.NameESP, gpt.TypeEFISystem, opts.ESPSize},
+		{disklayout.NameSystemA, typeSystem, opts.SystemSize},
+		{disklayout.NameSystemB, typeSystem, opts.SystemSize},
+		{disklayout.NameData, typeData, 256<<20 - 1<<20 - 64<<20 - 2*32<<20 - 1<<20}, // the last MiB holds the backup table
 	}
 	if len(parts) != len(want) {
 		t.Fatalf("sfdisk sees %d partitions, want %d", len(parts), len(want))
@@ -233,9 +228,9 @@ func TestNodeDisk(t *testing.T) {
 	fat32test.Fsck(t, img, esp.Offset(), esp.Size())
 	files := fat32test.Files(t, img, esp.Offset())
 	wantFiles := map[string][]byte{
-		LoaderPath:     read(t, opts.Loader),
-		LoaderConfPath: []byte(LoaderConf),
-		KernelPath:     read(t, opts.Kernel),
+		disklayout.LoaderPath:     read(t, opts.Loader),
+		disklayout.LoaderConfPath: []byte(disklayout.LoaderConf),
+		disklayout.KernelPath:     read(t, opts.Kernel),
 	}
 	for _, e := range opts.ExtraESPFiles {
 		wantFiles[e.Path] = read(t, e.Blob)
@@ -305,8 +300,8 @@ func TestDeterministic(t *testing.T) {
 	if sums[0] == sums[2] {
 		t.Error("disks with different seeds are identical")
 	}
-	a, _ := NewPlan(Options{Seed: "node0", Loader: memBlob("l"), Kernel: memBlob("k"), System: memBlob("s")})
-	b, _ := NewPlan(Options{Seed: "node1", Loader: memBlob("l"), Kernel: memBlob("k"), System: memBlob("s")})
+	a, _ := NewPlan(Options{Seed: "node0", Loader: blockdev.Bytes("l"), Kernel: blockdev.Bytes("k"), System: blockdev.Bytes("s")})
+	b, _ := NewPlan(Options{Seed: "node1", Loader: blockdev.Bytes("l"), Kernel: blockdev.Bytes("k"), System: blockdev.Bytes("s")})
 	seen := map[gpt.GUID]bool{}
 	for _, p := range []*Plan{a, b} {
 		for _, g := range append([]gpt.GUID{p.DiskGUID()}, guids(p)...) {
@@ -369,9 +364,9 @@ func (failingBlob) Open() (io.ReadCloser, error) { return nil, errors.New("paylo
 func (failingBlob) Size() int64                  { return 100 }
 
 // shortBlob declares more bytes than it has.
-type shortBlob struct{ memBlob }
+type shortBlob struct{ blockdev.Bytes }
 
-func (s shortBlob) Size() int64 { return int64(len(s.memBlob)) + 1 }
+func (s shortBlob) Size() int64 { return int64(len(s.Bytes)) + 1 }
 
 // Every bad input is a one-line error naming the problem, and leaves nothing.
 func TestBadInputs(t *testing.T) {
@@ -391,9 +386,9 @@ func TestBadInputs(t *testing.T) {
 		{"no loader", func(o *Options) { o.Loader = nil }, "no loader given"},
 		{"missing kernel file", func(o *Options) { o.Kernel = fileBlob(filepath.Join(dir, "nope")) }, "is -1 bytes"},
 		{"kernel vanishes", func(o *Options) { o.Kernel = failingBlob{} }, "payload vanished"},
-		{"system short", func(o *Options) { o.System = shortBlob{memBlob("abc")} }, "source ended after 3 bytes"},
-		{"ESP full", func(o *Options) { o.ESPSize = 34 << 20; o.Kernel = memBlob(make([]byte, 40<<20)) }, "the volume of 34 MiB has"},
-		{"ESP clash", func(o *Options) { o.ExtraESPFiles = []File{{Path: "efi/boot/x", Blob: memBlob("x")}} }, "differ only in case"},
+		{"system short", func(o *Options) { o.System = shortBlob{blockdev.Bytes("abc")} }, "source ended after 3 bytes"},
+		{"ESP full", func(o *Options) { o.ESPSize = 34 << 20; o.Kernel = blockdev.Bytes(make([]byte, 40<<20)) }, "the volume of 34 MiB has"},
+		{"ESP clash", func(o *Options) { o.ExtraESPFiles = []File{{Path: "efi/boot/x", Blob: blockdev.Bytes("x")}} }, "differ only in case"},
 		{"odd size", func(o *Options) { o.Size++ }, "not a positive multiple of 512"},
 		{"odd ESP", func(o *Options) { o.ESPSize += 512 }, "ESP size"},
 	} {

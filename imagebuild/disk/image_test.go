@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
+	"github.com/qcluster/qcluster/imagebuild/disklayout"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
 )
 
@@ -53,7 +54,7 @@ func TestImageBlobs(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, c := range st.Copied {
-			if c.Partition == NameSystemA || c.Path == KernelPath {
+			if c.Partition == disklayout.NameSystemA || c.Path == disklayout.KernelPath {
 				t.Logf("verified=%v: %s %s by %v", verified, c.Partition, c.Path, c.Method)
 				if fast := c.Method != blockdev.MethodReadWrite; fast == verified {
 					t.Errorf("verified=%v: %s %s took %v", verified, c.Partition, c.Path, c.Method)

@@ -41,27 +41,18 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/qcluster/qcluster/imagebuild/blockdev"
 )
 
 // BlockSize is the file system block size in bytes.
 const BlockSize = 4096
 
-// Blob is a sized source of bytes.
-type Blob interface {
-	// Size is the length in bytes.
-	Size() int64
-	// Open returns a reader of exactly Size bytes; the caller closes it.
-	Open() (io.ReadCloser, error)
-}
+// Blob is a file's content: exactly Size bytes from Open.
+type Blob = blockdev.Blob
 
 // Bytes is a Blob held in memory.
-type Bytes []byte
-
-// Size returns len(b).
-func (b Bytes) Size() int64 { return int64(len(b)) }
-
-// Open returns a reader of b.
-func (b Bytes) Open() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+type Bytes = blockdev.Bytes
 
 // Entry is one file, directory or symlink of the tree.
 type Entry struct {

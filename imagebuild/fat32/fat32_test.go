@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -19,10 +18,7 @@ import (
 )
 
 // mem is a Blob in memory.
-type mem []byte
-
-func (m mem) Open() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(m)), nil }
-func (m mem) Size() int64                  { return int64(len(m)) }
+type mem = blockdev.Bytes
 
 func random(n int, seed uint64) mem {
 	b := make([]byte, n)

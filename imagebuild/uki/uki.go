@@ -29,26 +29,17 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/qcluster/qcluster/imagebuild/blockdev"
 )
 
-// Blob is a sized source of bytes that can be read more than once. Build
-// opens each blob twice (once for the checksum, once to copy) and fails if
-// the two reads differ in length or content sum.
-type Blob interface {
-	// Size is the length in bytes.
-	Size() int64
-	// Open returns a reader of exactly Size bytes; the caller closes it.
-	Open() (io.ReadCloser, error)
-}
+// Blob is a section's content. Build opens each blob twice (once for the
+// checksum, once to copy) and fails if the two reads differ in length or
+// content sum.
+type Blob = blockdev.Blob
 
 // Bytes is a Blob held in memory.
-type Bytes []byte
-
-// Size returns len(b).
-func (b Bytes) Size() int64 { return int64(len(b)) }
-
-// Open returns a reader of b.
-func (b Bytes) Open() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+type Bytes = blockdev.Bytes
 
 // Options are the parts of a UKI.
 type Options struct {

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -172,11 +173,14 @@ func run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 
-	srv, err := n.serve(ctx, log)
+	lis, err := net.Listen("tcp", cfg.listenAddr())
+	if err != nil {
+		return fmt.Errorf("grpc: listen on %s: %w", cfg.listenAddr(), err)
+	}
+	srv, err := n.serve(ctx, log, lis)
 	if err != nil {
 		return err
 	}
-	n.readyMillis = uptime().Milliseconds()
 	ip := n.net.primary()
 	fmt.Fprintf(os.Stdout, "%snode=%s addr=%s\n", api.ReadyPrefix, cfg.nodeName, ip)
 

@@ -15,6 +15,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/vishvananda/netlink"
+
+	"github.com/qcluster/qcluster/internal/atomicfile"
 )
 
 // dhcpDeadline bounds the first DHCP exchange: a node without an address
@@ -168,7 +170,7 @@ func writeResolvConf(ack *dhcpv4.DHCPv4, domain string) error {
 	if err := os.MkdirAll("/etc", 0o755); err != nil {
 		return err
 	}
-	if err := writeFileAtomic("/etc/resolv.conf", []byte(b.String()), 0o644); err != nil {
+	if err := atomicfile.WriteDurable("/etc/resolv.conf", []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
 	return nil

@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/qcluster/qcluster/internal/atomicfile"
 	"github.com/qcluster/qcluster/testos/api"
 )
 
@@ -29,15 +30,13 @@ type grpcServer struct {
 	health *health.Server
 }
 
-// serve starts gRPC on the listen port and marks every service SERVING.
-func (n *node) serve(ctx context.Context, log *slog.Logger) (*grpcServer, error) {
+// serve starts gRPC on lis (the listen port; loopback in tests), marks
+// every service SERVING and the node ready.
+func (n *node) serve(ctx context.Context, log *slog.Logger, lis net.Listener) (*grpcServer, error) {
 	serverTLS, clientTLS, err := tlsConfigs(n.cfg)
 	if err != nil {
+		lis.Close()
 		return nil, err
-	}
-	lis, err := net.Listen("tcp", n.cfg.listenAddr())
-	if err != nil {
-		return nil, fmt.Errorf("grpc: listen on %s: %w", n.cfg.listenAddr(), err)
 	}
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
 	hs := health.NewServer()
@@ -59,6 +58,9 @@ func (n *node) serve(ctx context.Context, log *slog.Logger) (*grpcServer, error)
 	case api.Role_ROLE_MEMBER:
 		n.member = &memberState{cfg: n.cfg, tlsConfig: clientTLS, self: self}
 	}
+	// Written before Serve starts, which orders it before every handler
+	// that reads it (Status, without a lock).
+	n.readyMillis = uptime().Milliseconds()
 	go func() {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			fatal(fmt.Errorf("grpc: serve on %s: %w", lis.Addr(), err))
@@ -146,7 +148,7 @@ func (s *nodeServer) WriteDataFile(_ context.Context, req *api.WriteDataFileRequ
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	if err := writeFileAtomic(p, req.GetContent(), 0o644); err != nil {
+	if err := atomicfile.WriteDurable(p, req.GetContent(), 0o644); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	return &api.WriteDataFileResponse{}, nil

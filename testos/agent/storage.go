@@ -18,6 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/qcluster/qcluster/imagebuild/disklayout"
+	"github.com/qcluster/qcluster/internal/atomicfile"
 	"github.com/qcluster/qcluster/testos/api"
 	"github.com/qcluster/qcluster/testos/internal/boot"
 )
@@ -55,11 +57,11 @@ func (s *storageState) bring(ctx context.Context, log *slog.Logger, stage1 bool)
 	if s.slotSource == "default" {
 		log.Info("no qcluster entry in LoaderEntrySelected: slot A", "entry", s.entry)
 	}
-	sys, err := boot.FindPart(parts, boot.TypeSystem, "SYSTEM-"+s.slot)
+	sys, err := boot.FindPart(parts, disklayout.TypeSystem, disklayout.SystemName(s.slot))
 	if err != nil {
 		return fmt.Errorf("slot %s: %w", s.slot, err)
 	}
-	dataPart, err := boot.FindPart(parts, boot.TypeData, "DATA")
+	dataPart, err := boot.FindPart(parts, disklayout.TypeData, disklayout.NameData)
 	if err != nil {
 		return err
 	}
@@ -135,7 +137,7 @@ func (s *storageState) bringData(log *slog.Logger, dev string) error {
 			return fmt.Errorf("data: %w", err)
 		}
 		t := time.Now()
-		argv := append(append([]string(nil), mke2fsArgv...), "-t", "ext4", "-F", "-q", "-L", "DATA", "-U", id,
+		argv := append(append([]string(nil), mke2fsArgv...), "-t", "ext4", "-F", "-q", "-L", disklayout.NameData, "-U", id,
 			"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard,hash_seed="+id, dev)
 		if err := runCommand([]string{"MKE2FS_CONFIG=" + systemMount + "/etc/mke2fs.conf"}, argv...); err != nil {
 			return fmt.Errorf("data: format %s: %w", dev, err)
@@ -204,7 +206,7 @@ func loadOrCreateID(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return id, writeFileAtomic(path, []byte(id+"\n"), 0o600)
+	return id, atomicfile.WriteDurable(path, []byte(id+"\n"), 0o600)
 }
 
 // countBoot increments the boot counter in path and returns the new value.
@@ -221,38 +223,7 @@ func countBoot(path string) (uint64, error) {
 		return 0, fmt.Errorf("read boot counter: %w", err)
 	}
 	n++
-	return n, writeFileAtomic(path, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600)
-}
-
-// writeFileAtomic writes a file through a synced temp file and a rename.
-func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return n, atomicfile.WriteDurable(path, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600)
 }
 
 // dataPath resolves a client's path below the DATA mount point, refusing

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/imagebuild/disk"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
 	"github.com/qcluster/qcluster/internal/needs"
@@ -72,15 +73,6 @@ func prerequisites(t *testing.T) {
 	needs.File(t, filepath.Join(root, "third_party", "cache", "kernel"), "run make fetch")
 }
 
-// fileBlob is a file as a disk.Blob.
-type fileBlob struct {
-	path string
-	size int64
-}
-
-func (b fileBlob) Size() int64                  { return b.size }
-func (b fileBlob) Open() (io.ReadCloser, error) { return os.Open(b.path) }
-
 // makeDisk synthesizes a node disk from the built image in dir.
 func makeDisk(t *testing.T, dir, name string) string {
 	t.Helper()
@@ -96,12 +88,12 @@ func makeDisk(t *testing.T, dir, name string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := os.Stat(paths[1])
+	loader, err := blockdev.NewFileBlob(paths[1])
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(dir, name+".img")
-	if _, err := disk.Write(context.Background(), p, disk.Options{Seed: name, Loader: fileBlob{paths[1], st.Size()},
+	if _, err := disk.Write(context.Background(), p, disk.Options{Seed: name, Loader: loader,
 		Kernel: kernel, System: system}); err != nil {
 		t.Fatal(err)
 	}

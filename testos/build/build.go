@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -519,23 +520,15 @@ func buildSystem(in *inputs, info productInfoJSON, p string) (verity.Table, int6
 	}
 	// A salt that follows from the content keeps the build reproducible.
 	salt := sha256.Sum256(img.Bytes())
-	data := bytes.NewReader(img.Bytes())
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return verity.Table{}, 0, err
-	}
-	bw := bufio.NewWriterSize(f, 1<<20)
-	_, err = bw.Write(img.Bytes())
 	var tab verity.Table
-	if err == nil {
-		tab, err = verity.Build(data, size, bw, verity.Params{Salt: salt[:]})
-	}
-	if err == nil {
-		err = bw.Flush()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err = writeBuffered(p, func(w io.Writer) error {
+		if _, err := w.Write(img.Bytes()); err != nil {
+			return err
+		}
+		var err error
+		tab, err = verity.Build(bytes.NewReader(img.Bytes()), size, w, verity.Params{Salt: salt[:]})
+		return err
+	})
 	if err != nil {
 		return verity.Table{}, 0, fmt.Errorf("write system payload: %w", err)
 	}
@@ -549,23 +542,29 @@ func verityCmdline(t verity.Table) string {
 		t.DataBlocks, t.HashStartBlock, verity.Algorithm, t.RootHex(), t.SaltHex())
 }
 
-// buildUKI writes the unified kernel image to p and returns its size.
-func buildUKI(in *inputs, info productInfoJSON, cmdline string, initrd []byte, p string) (int64, error) {
-	o := uki.Options{Stub: in.stub, OSRelease: osRelease(info), Cmdline: cmdline, Uname: in.abi,
-		Linux: uki.Bytes(in.vmlinuz), Initrd: uki.Bytes(initrd)}
+// writeBuffered creates p (in the build's work directory) and has fill
+// write it through a large buffer.
+func writeBuffered(p string, fill func(io.Writer) error) error {
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	bw := bufio.NewWriterSize(f, 1<<20)
-	err = uki.Build(bw, o)
+	err = fill(bw)
 	if err == nil {
 		err = bw.Flush()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
+	return err
+}
+
+// buildUKI writes the unified kernel image to p and returns its size.
+func buildUKI(in *inputs, info productInfoJSON, cmdline string, initrd []byte, p string) (int64, error) {
+	o := uki.Options{Stub: in.stub, OSRelease: osRelease(info), Cmdline: cmdline, Uname: in.abi,
+		Linux: uki.Bytes(in.vmlinuz), Initrd: uki.Bytes(initrd)}
+	if err := writeBuffered(p, func(w io.Writer) error { return uki.Build(w, o) }); err != nil {
 		return 0, fmt.Errorf("write UKI: %w", err)
 	}
 	st, err := os.Stat(p)

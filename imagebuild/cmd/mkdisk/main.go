@@ -61,26 +61,6 @@ func (s *sizeFlag) Set(v string) error {
 	return err
 }
 
-// fileBlob is a Blob over a file; Size is taken when the flag is read.
-type fileBlob struct {
-	path string
-	size int64
-}
-
-func (f fileBlob) Open() (io.ReadCloser, error) { return os.Open(f.path) }
-func (f fileBlob) Size() int64                  { return f.size }
-
-func openFile(flagName, path string) (fileBlob, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileBlob{}, fmt.Errorf("%s: %w", flagName, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fileBlob{}, fmt.Errorf("%s %s: not a regular file", flagName, path)
-	}
-	return fileBlob{path, fi.Size()}, nil
-}
-
 const usage = `usage: mkdisk --image DIR --loader FILE --out FILE [--size 3GiB] [--seed S]
               [--unverified] [--esp-file PATH=FILE ...]
 
@@ -130,9 +110,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if verbose {
 		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	l, err := openFile("--loader", loader)
+	l, err := blockdev.NewFileBlob(loader)
 	if err != nil {
-		return err
+		return fmt.Errorf("--loader: %w", err)
 	}
 	opts.Loader = l
 	for _, e := range espFiles {
@@ -140,9 +120,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if !ok || p == "" || file == "" {
 			return fmt.Errorf("--esp-file %q: want PATH=FILE", e)
 		}
-		b, err := openFile("--esp-file", file)
+		b, err := blockdev.NewFileBlob(file)
 		if err != nil {
-			return err
+			return fmt.Errorf("--esp-file: %w", err)
 		}
 		opts.ExtraESPFiles = append(opts.ExtraESPFiles, disk.File{Path: p, Blob: b})
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/qcluster/qcluster/imagebuild/disklayout"
+	"github.com/qcluster/qcluster/imagebuild/gpt"
 	"github.com/qcluster/qcluster/internal/needs"
 )
 
@@ -109,10 +111,10 @@ func TestReadGPT(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := exec.Command(sgdisk,
-		"-n", "1:2048:+8M", "-t", "1:"+TypeESP, "-c", "1:ESP",
-		"-n", "2:0:+16M", "-t", "2:"+TypeSystem, "-c", "2:SYSTEM-A",
-		"-n", "3:0:+16M", "-t", "3:"+TypeSystem, "-c", "3:SYSTEM-B",
-		"-n", "4:0:0", "-t", "4:"+TypeData, "-c", "4:DATA",
+		"-n", "1:2048:+8M", "-t", "1:"+gpt.TypeEFISystem.String(), "-c", "1:ESP",
+		"-n", "2:0:+16M", "-t", "2:"+disklayout.TypeSystem, "-c", "2:SYSTEM-A",
+		"-n", "3:0:+16M", "-t", "3:"+disklayout.TypeSystem, "-c", "3:SYSTEM-B",
+		"-n", "4:0:0", "-t", "4:"+disklayout.TypeData, "-c", "4:DATA",
 		"-u", "2:11111111-2222-3333-4444-555555555555", img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("sgdisk: %v\n%s", err, out)
@@ -129,21 +131,21 @@ func TestReadGPT(t *testing.T) {
 	if len(parts) != 4 {
 		t.Fatalf("%d partitions: %+v", len(parts), parts)
 	}
-	a, err := FindPart(parts, TypeSystem, "SYSTEM-A")
+	a, err := FindPart(parts, disklayout.TypeSystem, "SYSTEM-A")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if a.Number != 2 || a.FirstLBA != 2048+16384 || a.SizeBytes(512) != 16<<20 || a.PartGUID != "11111111-2222-3333-4444-555555555555" {
 		t.Errorf("SYSTEM-A = %+v", a)
 	}
-	d, err := FindPart(parts, TypeData, "DATA")
+	d, err := FindPart(parts, disklayout.TypeData, "DATA")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d.Number != 4 {
 		t.Errorf("DATA = %+v", d)
 	}
-	if _, err := FindPart(parts, TypeData, "SYSTEM-A"); err == nil {
+	if _, err := FindPart(parts, disklayout.TypeData, "SYSTEM-A"); err == nil {
 		t.Error("found SYSTEM-A with the data type")
 	}
 

@@ -15,6 +15,8 @@ import (
 	"unicode/utf16"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/qcluster/qcluster/imagebuild/disklayout"
 )
 
 // FindDisk returns the first disk whose GPT has a DATA partition, and its
@@ -38,13 +40,13 @@ func FindDisk(ctx context.Context) (string, []Part, error) {
 				continue
 			}
 			for _, p := range parts {
-				if p.TypeGUID == TypeData {
+				if p.TypeGUID == disklayout.TypeData {
 					return dev, parts, nil
 				}
 			}
 		}
 		if time.Now().After(deadline) {
-			return "", nil, fmt.Errorf("find the node disk: no disk with a GPT DATA partition (type %s) among %v", TypeData, seen)
+			return "", nil, fmt.Errorf("find the node disk: no disk with a GPT %s partition (type %s) among %v", disklayout.NameData, disklayout.TypeData, seen)
 		}
 		select {
 		case <-ctx.Done():
@@ -102,9 +104,9 @@ func Slot() (entry, slot, source string) {
 	}
 	entry = efiString(b)
 	switch strings.ToLower(entry) {
-	case "qcluster-b.efi":
+	case disklayout.EntryB:
 		return entry, "B", "efivar"
-	case "qcluster-a.efi":
+	case disklayout.EntryA:
 		return entry, "A", "efivar"
 	}
 	return entry, "A", "default"
@@ -160,7 +162,7 @@ func OpenSystem(ctx context.Context) (slotDev, mapped string, err error) {
 		return "", "", err
 	}
 	_, slot, _ := Slot()
-	sys, err := FindPart(parts, TypeSystem, "SYSTEM-"+slot)
+	sys, err := FindPart(parts, disklayout.TypeSystem, disklayout.SystemName(slot))
 	if err != nil {
 		return "", "", fmt.Errorf("slot %s: %w", slot, err)
 	}

@@ -6,6 +6,8 @@ import (
 	"hash/crc32"
 	"strings"
 	"testing"
+
+	"github.com/qcluster/qcluster/imagebuild/disklayout"
 )
 
 // FuzzReadGPT feeds arbitrary disks to the GPT reader: it must return
@@ -54,7 +56,7 @@ func validGPT() []byte {
 
 func TestValidGPTSeed(t *testing.T) {
 	parts, err := ReadGPT(bytes.NewReader(validGPT()), 512)
-	if err != nil || len(parts) != 1 || parts[0].Name != "DATA" || parts[0].TypeGUID != TypeData {
+	if err != nil || len(parts) != 1 || parts[0].Name != "DATA" || parts[0].TypeGUID != disklayout.TypeData {
 		t.Fatalf("seed GPT: %+v, %v", parts, err)
 	}
 }

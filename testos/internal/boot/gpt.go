@@ -11,13 +11,6 @@ import (
 	"unicode/utf16"
 )
 
-// Partition type GUIDs and names of the node disk (see imagebuild/disk).
-const (
-	TypeESP    = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-	TypeSystem = "1A69CDF2-156F-41D0-B76D-DC7AC56AF881"
-	TypeData   = "D1044D20-8E0E-4ABF-8522-0C9D469098A3"
-)
-
 // ErrNoGPT says a device carries no valid GPT.
 var ErrNoGPT = errors.New("no GPT")
 
