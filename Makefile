@@ -8,7 +8,7 @@ FUZZTIME    ?= 10s
 # Flags for `make cluster`, e.g. make cluster ARGS="--nodes 5"
 ARGS        ?=
 
-.PHONY: all deps fetch image tools test unit e2e fuzz bench bench-disk bench-launch cluster lint gazelle generate clean
+.PHONY: all deps fetch pin image tools test unit e2e fuzz bench bench-disk bench-launch cluster lint gazelle generate clean
 
 all: test
 
@@ -16,9 +16,13 @@ all: test
 deps:
 	@./third_party/deps.sh
 
-## fetch: download the guest's Debian artifacts into third_party/cache
+## fetch: download the guest's Debian artifacts pinned in third_party/debian.lock into third_party/cache
 fetch: deps
 	@./third_party/fetch.sh
+
+## pin: pin the newest Debian artifacts apt offers (rewrites third_party/debian.lock), then fetch them
+pin: deps
+	@./third_party/fetch.sh --pin
 
 ## image: build the default OS image into out/testos and the loader into out/loader.efi
 image: fetch

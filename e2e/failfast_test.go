@@ -12,6 +12,7 @@ import (
 
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/cluster/clustertest"
+	"github.com/qcluster/qcluster/resolve"
 )
 
 // TestFailFast launches 1-node clusters that cannot come up and checks that
@@ -50,12 +51,17 @@ func TestFailFast(t *testing.T) {
 			// refuses the unsigned loader and drops into its shell.
 			name: "SecureBootRefusal",
 			setup: func(t *testing.T, o *cluster.Options, _ *killer) {
-				for _, f := range []string{msCode, msVars} {
-					if _, err := os.Stat(f); err != nil {
-						t.Skipf("no %s: %v", f, err)
-					}
+				// e2e ships them under Bazel (E2E_DATA); else make fetch's
+				// or the host's.
+				code, err := resolve.Find(resolve.OVMFCodeSecureBoot(""))
+				if err != nil {
+					t.Skip(err)
 				}
-				o.FirmwareCode, o.FirmwareVars = msCode, msVars
+				vars, err := resolve.Find(resolve.OVMFVarsMS(""))
+				if err != nil {
+					t.Skip(err)
+				}
+				o.FirmwareCode, o.FirmwareVars = code, vars
 			},
 			want: []string{"Access Denied", "Shell> "},
 		},
@@ -140,12 +146,6 @@ func TestFailFast(t *testing.T) {
 		})
 	}
 }
-
-// The Microsoft-enrolled firmware variables and the code built for them.
-const (
-	msCode = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd"
-	msVars = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
-)
 
 // killer kills a helper process of a launch while its node boots.
 type killer struct {

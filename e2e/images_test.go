@@ -175,12 +175,11 @@ func corruptBlobImage(t testing.TB, parent string) string {
 func panicImage(t testing.TB) string {
 	t.Helper()
 	b := base(t)
-	root, err := resolve.RepoRoot()
+	// The runfile under Bazel (E2E_DATA), else make fetch's.
+	stubPath, err := resolve.Find(resolve.Stub(""))
 	if err != nil {
-		t.Fatal(err)
+		needs.File(t, "third_party/cache/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub", err.Error())
 	}
-	stubPath := filepath.Join(root, "third_party/cache/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
-	needs.File(t, stubPath, "run make fetch")
 	stub, err := os.ReadFile(stubPath)
 	if err != nil {
 		t.Fatal(err)

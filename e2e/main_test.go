@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/internal/needs"
+	"github.com/qcluster/qcluster/qemu"
 	"github.com/qcluster/qcluster/resolve"
 	"github.com/qcluster/qcluster/testos/api"
 	"github.com/qcluster/qcluster/testos/profile"
@@ -53,7 +55,9 @@ func needsHost(t testing.TB) {
 	needs.Tool(t, "qemu-system-x86_64", "qemu-system-x86")
 	needs.Tool(t, "swtpm", "swtpm")
 	needs.Tool(t, "swtpm_setup", "swtpm-tools")
-	needs.File(t, "/usr/share/OVMF/OVMF_CODE_4M.fd", "apt-get install ovmf, or make deps")
+	if _, err := qemu.FindOVMF(qemu.FirmwareQuery{}); err != nil {
+		needs.File(t, "/usr/share/OVMF/OVMF_CODE_4M.fd", "apt-get install ovmf, or make deps: "+err.Error())
+	}
 	base(t)
 }
 
@@ -146,12 +150,12 @@ func waitHealth(t testing.TB, c *cluster.Cluster, name string, want bool, within
 	}
 }
 
-// buildCommand returns the cluster command: $QCLUSTER_CLUSTER (Bazel
-// passes //launch:cluster so), else one built with go build once per test
-// binary.
+// buildCommand returns the cluster command: //launch:cluster from the
+// runfiles or $QCLUSTER_CLUSTER (Bazel passes its runfile path), else one
+// built with go build once per test binary.
 var buildCommand = sync.OnceValues(func() (string, error) {
-	if p := os.Getenv("QCLUSTER_CLUSTER"); p != "" {
-		return filepath.Abs(p)
+	if p, err := resolve.Find(resolve.Cluster("")); err == nil || errors.Is(err, resolve.ErrGivenMissing) {
+		return p, err
 	}
 	root, err := resolve.RepoRoot()
 	if err != nil {
@@ -196,12 +200,13 @@ func newCommand(t testing.TB, args ...string) *command {
 		t.Fatal(err)
 	}
 	c := &command{Tmp: t.TempDir(), Stdout: &syncBuffer{}, Stderr: &syncBuffer{}}
-	// The repository, where the command finds out/ (none under Bazel: the
-	// runfiles directory, the test's own, serves). A repository under /tmp
-	// (a CI clone, say) is bound into the private /tmp at the same path.
-	keep, dir := "", ""
+	// The command runs in the test's working directory, inside the
+	// repository, where it finds out/; under Bazel, in the runfiles, whose
+	// relative runfile paths ($QCLUSTER_OVMF_*) and variables it inherits. A
+	// repository under /tmp (a CI clone, say) is bound into the private /tmp
+	// at the same path.
+	keep := ""
 	if root, err := resolve.RepoRoot(); err == nil {
-		dir = root
 		if rest, ok := strings.CutPrefix(root, "/tmp/"); ok {
 			keep = "/" + rest
 			c.keepTop = strings.Split(rest, "/")[0]
@@ -213,7 +218,6 @@ if [ -n "$keep" ]; then /bin/mkdir -p "$tmp$keep" && /bin/mount --bind "/tmp$kee
 /bin/mount --rbind "$tmp" /tmp && exec "$@"`
 	argv := append([]string{"--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh", c.Tmp, keep, bin}, args...)
 	c.Cmd = exec.Command("unshare", argv...)
-	c.Dir = dir
 	// State goes to the private /tmp (TEST_TMPDIR would override it).
 	c.Env = append(os.Environ(), "TMPDIR=/tmp", "TEST_TMPDIR=", "NO_COLOR=1")
 	c.Cmd.Stdout, c.Cmd.Stderr = c.Stdout, c.Stderr

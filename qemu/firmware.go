@@ -76,7 +76,11 @@ var hostFirmware = fwSearch{
 // FindOVMF finds a UEFI firmware for x86_64 q35 machines, in this order:
 //
 //  1. the explicit paths of q;
-//  2. $QCLUSTER_OVMF_CODE and $QCLUSTER_OVMF_VARS (through package resolve);
+//  2. the pinned Debian OVMF, through package resolve: Bazel's runfiles
+//     (resolve.OVMFCode and OVMFVars; with SecureBoot, OVMFCodeSecureBoot
+//     and OVMFVarsMS), then $QCLUSTER_OVMF_CODE and $QCLUSTER_OVMF_VARS
+//     (paths or runfile paths). When these name a file that does not exist,
+//     FindOVMF fails rather than boot the host's firmware instead;
 //  3. QEMU's firmware descriptors in /usr/share/qemu/firmware and
 //     /etc/qemu/firmware (the latter overriding files of the same name),
 //     taken in file name order as QEMU does: the first with interface type
@@ -88,6 +92,19 @@ var hostFirmware = fwSearch{
 // The per-user descriptor directory ($XDG_CONFIG_HOME/qemu/firmware) is not
 // read. The error lists what was tried and which package to install.
 func FindOVMF(q FirmwareQuery) (OVMF, error) { return hostFirmware.find(q) }
+
+// pinned returns the specs of the pinned firmware: runfiles and environment.
+func pinned(secure bool) (code, vars resolve.Spec) {
+	if !secure {
+		code, vars = resolve.OVMFCode(""), resolve.OVMFVars("")
+		return code, vars
+	}
+	// Only the runfiles: the host's secure-boot builds are found below,
+	// through QEMU's descriptors.
+	code, vars = resolve.OVMFCodeSecureBoot(""), resolve.OVMFVarsMS("")
+	code.Paths, code.Hint, vars.Paths, vars.Hint = nil, "", nil, ""
+	return code, vars
+}
 
 func (s fwSearch) find(q FirmwareQuery) (OVMF, error) {
 	if q.Code != "" || q.VarsTemplate != "" {
@@ -105,17 +122,21 @@ func (s fwSearch) find(q FirmwareQuery) (OVMF, error) {
 		return OVMF{Code: code, VarsTemplate: vars, RequiresSMM: q.SecureBoot, Source: "explicit"}, nil
 	}
 	var tried []string
-	code, codeErr := resolve.Find(resolve.Spec{What: "UEFI firmware code", Env: "QCLUSTER_OVMF_CODE"})
-	vars, varsErr := resolve.Find(resolve.Spec{What: "UEFI vars template", Env: "QCLUSTER_OVMF_VARS"})
+	codeSpec, varsSpec := pinned(q.SecureBoot)
+	code, codeErr := resolve.Find(codeSpec)
+	vars, varsErr := resolve.Find(varsSpec)
 	switch {
 	case codeErr == nil && varsErr == nil:
-		return OVMF{Code: code, VarsTemplate: vars, RequiresSMM: q.SecureBoot, Source: "environment"}, nil
+		return OVMF{Code: code, VarsTemplate: vars, RequiresSMM: q.SecureBoot, Source: "pinned (runfiles or $QCLUSTER_OVMF_*)"}, nil
+	case errors.Is(codeErr, resolve.ErrGivenMissing) || errors.Is(varsErr, resolve.ErrGivenMissing):
+		// A pinned firmware was asked for: never boot the host's instead.
+		return OVMF{}, fmt.Errorf("find uefi firmware: %w", errors.Join(codeErr, varsErr))
 	case codeErr == nil || varsErr == nil:
-		return OVMF{}, fmt.Errorf("find uefi firmware: set both $QCLUSTER_OVMF_CODE and $QCLUSTER_OVMF_VARS or neither: %w", errors.Join(codeErr, varsErr))
+		return OVMF{}, fmt.Errorf("find uefi firmware: found the code or the vars template but not both (runfiles, or set both $QCLUSTER_OVMF_CODE and $QCLUSTER_OVMF_VARS): %w", errors.Join(codeErr, varsErr))
 	case !errors.Is(codeErr, resolve.ErrNotFound) || !errors.Is(varsErr, resolve.ErrNotFound):
 		return OVMF{}, fmt.Errorf("find uefi firmware: %w", errors.Join(codeErr, varsErr))
 	}
-	tried = append(tried, "$QCLUSTER_OVMF_CODE")
+	tried = append(tried, "runfiles", "$QCLUSTER_OVMF_CODE")
 
 	o, descTried, err := s.fromDescriptors(q.SecureBoot)
 	if err != nil || o.Code != "" {

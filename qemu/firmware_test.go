@@ -149,8 +149,42 @@ func TestFindOVMFExplicitAndEnvironment(t *testing.T) {
 		t.Errorf("only $QCLUSTER_OVMF_CODE set: no error")
 	}
 	t.Setenv("QCLUSTER_OVMF_VARS", dir+"/VARS.fd")
-	if o, err := s.find(FirmwareQuery{}); err != nil || o.VarsTemplate != dir+"/VARS.fd" || o.Source != "environment" {
+	if o, err := s.find(FirmwareQuery{}); err != nil || o.VarsTemplate != dir+"/VARS.fd" || !strings.HasPrefix(o.Source, "pinned") {
 		t.Errorf("environment: %+v, %v", o, err)
+	}
+}
+
+// TestFindOVMFPinnedNeverFallsBack: a pinned firmware that was asked for
+// but is not there is an error, not the host's firmware; the runfiles' copy
+// (Bazel's) comes before the host's.
+func TestFindOVMFPinnedNeverFallsBack(t *testing.T) {
+	dir := t.TempDir()
+	host := fwSearch{known: []knownPair{{code: dir + "/host/CODE.fd", vars: dir + "/host/VARS.fd"}}}
+	writeFile(t, dir+"/host/CODE.fd", "x")
+	writeFile(t, dir+"/host/VARS.fd", "x")
+	t.Setenv("RUNFILES_MANIFEST_FILE", "")
+	t.Setenv("RUNFILES_DIR", dir+"/none")
+	t.Setenv("QCLUSTER_OVMF_CODE", "debian_ovmf/usr/share/OVMF/OVMF_CODE_4M.fd")
+	t.Setenv("QCLUSTER_OVMF_VARS", "debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.fd")
+	if o, err := host.find(FirmwareQuery{}); err == nil || !strings.Contains(err.Error(), "$QCLUSTER_OVMF_CODE=debian_ovmf") {
+		t.Errorf("pinned firmware missing: got %+v, %v; want an error naming $QCLUSTER_OVMF_CODE", o, err)
+	}
+
+	rf := dir + "/runfiles"
+	writeFile(t, rf+"/debian_ovmf/usr/share/OVMF/OVMF_CODE_4M.fd", "x")
+	writeFile(t, rf+"/debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.fd", "x")
+	t.Setenv("RUNFILES_DIR", rf)
+	o, err := host.find(FirmwareQuery{})
+	if err != nil || o.Code != rf+"/debian_ovmf/usr/share/OVMF/OVMF_CODE_4M.fd" || o.VarsTemplate != rf+"/debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.fd" {
+		t.Errorf("pinned firmware in the runfiles: got %+v, %v", o, err)
+	}
+	t.Setenv("QCLUSTER_OVMF_CODE", "")
+	t.Setenv("QCLUSTER_OVMF_VARS", "")
+	if o, err := host.find(FirmwareQuery{}); err != nil || !strings.HasPrefix(o.Code, rf) {
+		t.Errorf("runfiles without the variables: got %+v, %v", o, err)
+	}
+	if o, err := host.find(FirmwareQuery{SecureBoot: true}); err == nil {
+		t.Errorf("secure boot asked for, only a plain build pinned: got %+v", o)
 	}
 }
 

@@ -24,7 +24,10 @@ func SwtpmSetup(explicit string) Spec {
 
 // Image is the default OS image: the OCI layout built by `make image`.
 func Image(explicit string) Spec {
-	return Spec{What: "OS image (OCI layout)", Explicit: explicit, Runfile: "qcluster/testos/image",
+	// The runfile names a file in the layout: a runfiles manifest lists a
+	// directory (a tree artifact) as one entry or, in some versions, as its
+	// files; a file inside is found either way.
+	return Spec{What: "OS image (OCI layout)", Explicit: explicit, Runfile: "qcluster/testos/image/oci-layout", RunfileDir: true,
 		Env: "QCLUSTER_IMAGE", Paths: []string{"out/testos"}, Hint: "run make image"}
 }
 
@@ -41,9 +44,12 @@ func Kernel(explicit string) Spec {
 		Env: "QCLUSTER_KERNEL", Paths: []string{"third_party/cache/root/boot/vmlinuz-*-cloud-amd64"}, Hint: "run make fetch"}
 }
 
-// Modules is the guest kernel's module directory (lib/modules/<abi>).
+// Modules is the guest kernel's module directory (lib/modules/<abi>). Its
+// runfile is a file in it (a runfiles manifest lists no directories), under
+// the ABI that @debian_kernel//:abi names; both are in :modules.
 func Modules(explicit string) Spec {
-	return Spec{What: "guest kernel modules", Explicit: explicit, Runfile: "debian_kernel/lib/modules",
+	return Spec{What: "guest kernel modules", Explicit: explicit,
+		Runfile: "debian_kernel/lib/modules/{abi}/modules.builtin", RunfileDir: true, RunfileABI: "debian_kernel/abi",
 		Env: "QCLUSTER_MODULES", Paths: []string{"third_party/cache/root/lib/modules/*-cloud-amd64"}, Hint: "run make fetch"}
 }
 
@@ -65,6 +71,31 @@ func OVMFCode(explicit string) Spec {
 func OVMFVars(explicit string) Spec {
 	return Spec{What: "UEFI vars template (OVMF_VARS_4M.fd)", Explicit: explicit,
 		Runfile: "debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.fd", Env: "QCLUSTER_OVMF_VARS"}
+}
+
+// OVMFCodeSecureBoot is the UEFI firmware code with Secure Boot (it needs
+// SMM), for OVMFVarsMS.
+func OVMFCodeSecureBoot(explicit string) Spec {
+	return Spec{What: "UEFI firmware code with Secure Boot (OVMF_CODE_4M.secboot.fd)", Explicit: explicit,
+		Runfile: "debian_ovmf/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+		Paths:   []string{"third_party/cache/root/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"},
+		Hint:    "run make fetch (or apt-get install ovmf)"}
+}
+
+// OVMFVarsMS is the UEFI variable store template with Microsoft's keys
+// enrolled: Secure Boot on, an unsigned loader refused.
+func OVMFVarsMS(explicit string) Spec {
+	return Spec{What: "UEFI vars template with Microsoft's keys (OVMF_VARS_4M.ms.fd)", Explicit: explicit,
+		Runfile: "debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+		Paths:   []string{"third_party/cache/root/usr/share/OVMF/OVMF_VARS_4M.ms.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"},
+		Hint:    "run make fetch (or apt-get install ovmf)"}
+}
+
+// Cluster is the cluster command (//launch:cluster) that the e2e suites run.
+// Outside Bazel there is none to find: the suites build it from source.
+func Cluster(explicit string) Spec {
+	return Spec{What: "cluster command", Explicit: explicit, Runfile: "qcluster/launch/cluster_/cluster",
+		Env: "QCLUSTER_CLUSTER"}
 }
 
 // Stub is the systemd EFI stub a UKI is built on.

@@ -8,11 +8,22 @@
 //     a wrong flag is an error, not a reason to look elsewhere.
 //  2. Runfiles: the Bazel runfile (rules_go's runfiles library, through
 //     RUNFILES_DIR or RUNFILES_MANIFEST_FILE). Outside Bazel there are none.
-//  3. Environment: the variable named in the Spec (QCLUSTER_QEMU, …).
+//  3. Environment: the variable named in the Spec (QCLUSTER_QEMU, …). A
+//     relative value is first taken as a runfile path, as Bazel's
+//     $(rlocationpath …) writes it, then from the working directory.
 //  4. Commands on PATH, then host paths (glob patterns allowed); relative
 //     paths are taken from the repository root (the directory holding
 //     qcluster's go.mod), so `go test` in any package finds out/ and
 //     third_party/cache/.
+//
+// A path that was given (explicitly or in the variable) and does not exist is
+// an error wrapping ErrGivenMissing, never a reason to look further: a pinned
+// file asked for must not quietly become the host's.
+//
+// Under Bazel (TEST_SRCDIR or a runfiles variable set, or a runfiles tree
+// beside the executable) RepoRoot does not look for the source checkout: the
+// checkout can be reached through Bazel's execroot, but what a test or `bazel
+// run` uses must come from its runfiles.
 //
 // An explicit choice comes before runfiles, unlike the runfiles-first rule of
 // thumb, because a user who passes --qemu means it even under `bazel run`.
@@ -36,6 +47,14 @@ import (
 // ErrNotFound is wrapped by Find's error when nothing matched.
 var ErrNotFound = errors.New("not found")
 
+// ErrGivenMissing is wrapped, with ErrNotFound, by Find's error when a path
+// given explicitly or in the Spec's variable does not exist.
+var ErrGivenMissing = errors.New("given path does not exist")
+
+// ErrUnderBazel is wrapped by RepoRoot's error under Bazel, where the source
+// checkout is not used (set QCLUSTER_ROOT to use one anyway).
+var ErrUnderBazel = errors.New("running under Bazel: the source checkout is not used")
+
 // Spec says where one external file may be.
 type Spec struct {
 	// What names the file in errors, e.g. "QEMU (qemu-system-x86_64)".
@@ -43,7 +62,14 @@ type Spec struct {
 	// Explicit is a path given by the caller; empty means none.
 	Explicit string
 	// Runfile is the runfiles path under Bazel, e.g. "qcluster/testos/image".
+	// A directory is named by a file in it and RunfileDir (a runfiles
+	// manifest lists files only).
 	Runfile string
+	// RunfileDir takes the directory of the Runfile as the result.
+	RunfileDir bool
+	// RunfileABI, if set, is the runfile of a file holding a kernel ABI; its
+	// first line replaces "{abi}" in Runfile.
+	RunfileABI string
 	// Env is an environment variable that may hold the path.
 	Env string
 	// Commands are looked up on PATH, in order.
@@ -60,27 +86,31 @@ type Spec struct {
 func Find(s Spec) (string, error) {
 	if s.Explicit != "" {
 		if _, err := os.Stat(s.Explicit); err != nil {
-			return "", fmt.Errorf("%s: %s given explicitly does not exist: %w", s.What, s.Explicit, ErrNotFound)
+			return "", fmt.Errorf("%s: %s given explicitly does not exist: %w: %w", s.What, s.Explicit, ErrGivenMissing, ErrNotFound)
 		}
 		return abs(s.Explicit), nil
 	}
 	var tried []string
+	// New, not the package-level Rlocation: that one caches the environment
+	// of its first call.
+	rf, rfErr := runfiles.New()
 	if s.Runfile != "" {
-		// New, not the package-level Rlocation: that one caches the
-		// environment of its first call.
-		if r, err := runfiles.New(); err == nil {
-			if p, err := r.Rlocation(s.Runfile); err == nil {
-				if _, err := os.Stat(p); err == nil {
-					return abs(p), nil
-				}
+		if rfErr == nil {
+			if p, ok := runfile(rf, s); ok {
+				return p, nil
 			}
 		}
 		tried = append(tried, "runfile "+s.Runfile)
 	}
 	if s.Env != "" {
 		if v := os.Getenv(s.Env); v != "" {
-			if _, err := os.Stat(v); err != nil {
-				return "", fmt.Errorf("%s: $%s=%s does not exist: %w", s.What, s.Env, v, ErrNotFound)
+			if !filepath.IsAbs(v) && rfErr == nil {
+				if p, err := rf.Rlocation(v); err == nil && exists(p) {
+					return abs(p), nil
+				}
+			}
+			if !exists(v) {
+				return "", fmt.Errorf("%s: $%s=%s does not exist (as a path or a runfile): %w: %w", s.What, s.Env, v, ErrGivenMissing, ErrNotFound)
 			}
 			return abs(v), nil
 		}
@@ -115,6 +145,39 @@ func Find(s Spec) (string, error) {
 	return "", fmt.Errorf("%s: %w", msg, ErrNotFound)
 }
 
+// runfile looks s.Runfile up in rf.
+func runfile(rf *runfiles.Runfiles, s Spec) (string, bool) {
+	name := s.Runfile
+	if s.RunfileABI != "" {
+		p, err := rf.Rlocation(s.RunfileABI)
+		if err != nil {
+			return "", false
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return "", false
+		}
+		abi, _, _ := strings.Cut(string(b), "\n")
+		if abi = strings.TrimSpace(abi); abi == "" || strings.Contains(abi, "/") {
+			return "", false
+		}
+		name = strings.ReplaceAll(name, "{abi}", abi)
+	}
+	p, err := rf.Rlocation(name)
+	if err != nil || !exists(p) {
+		return "", false
+	}
+	if s.RunfileDir {
+		p = filepath.Dir(p)
+	}
+	return abs(p), true
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
 func abs(p string) string {
 	if a, err := filepath.Abs(p); err == nil {
 		return a
@@ -127,16 +190,21 @@ const module = "github.com/qcluster/qcluster"
 // RepoRoot returns the directory of qcluster's go.mod, found upwards from
 // the working directory, else from the running executable (so that
 // out/bin/cluster finds out/testos wherever it is started); $QCLUSTER_ROOT
-// overrides both.
+// overrides both. Under Bazel it returns an error wrapping ErrUnderBazel
+// unless $QCLUSTER_ROOT is set.
 func RepoRoot() (string, error) {
 	if r := os.Getenv("QCLUSTER_ROOT"); r != "" {
 		return r, nil
+	}
+	exe, exeErr := os.Executable()
+	if why := underBazel(exe, exeErr); why != "" {
+		return "", fmt.Errorf("find the go.mod of %s: %s: %w", module, why, ErrUnderBazel)
 	}
 	var starts []string
 	if wd, err := os.Getwd(); err == nil {
 		starts = append(starts, wd)
 	}
-	if exe, err := os.Executable(); err == nil {
+	if exeErr == nil {
 		if exe, err := filepath.EvalSymlinks(exe); err == nil {
 			starts = append(starts, filepath.Dir(exe))
 		}
@@ -154,6 +222,27 @@ func RepoRoot() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no go.mod of %s above the working directory or the executable", module)
+}
+
+// underBazel says why the process runs under Bazel, or "" if it does not.
+// Above a test's runfiles and its executable lies execroot/_main, where
+// Bazel links every top-level entry of the checkout: walking up would find
+// the checkout, and with it files Bazel never declared.
+func underBazel(exe string, exeErr error) string {
+	for _, v := range []string{"TEST_SRCDIR", "RUNFILES_DIR", "RUNFILES_MANIFEST_FILE"} {
+		if os.Getenv(v) != "" {
+			return "$" + v + " is set"
+		}
+	}
+	// `bazel run` sets none of them: its runfiles lie beside the executable.
+	if exeErr == nil {
+		for _, suffix := range []string{".runfiles", ".runfiles_manifest"} {
+			if exists(exe + suffix) {
+				return "the executable has " + filepath.Base(exe) + suffix
+			}
+		}
+	}
+	return ""
 }
 
 func isRoot(gomod string) bool {

@@ -15,7 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-GAZELLE_VERSION=v0.47.0 # keep equal to bazel_dep(name = "gazelle") in MODULE.bazel
+# The gazelle Bazel resolves: MODULE.bazel's bazel_dep, so that this script
+# and `bazel run //:gazelle` write the same files.
+GAZELLE_VERSION=v$(sed -n 's/^bazel_dep(name = "gazelle", version = "\([^"]*\)".*/\1/p' MODULE.bazel)
+[ "$GAZELLE_VERSION" != v ] || { echo "gazelle.sh: MODULE.bazel has no bazel_dep(name = \"gazelle\", version = ...) line" >&2; exit 1; }
 tools=${QCLUSTER_TOOLS:-$HOME/.cache/qcluster}
 gazelle=$tools/gazelle-$GAZELLE_VERSION/gazelle
 

@@ -1,5 +1,6 @@
 """Debian artifacts for Bazel builds: the guest kernel, OVMF, systemd-boot and
-e2fsprogs, as pinned in debian_pins.bzl.
+e2fsprogs, as pinned in debian.lock, which `make fetch` (fetch.sh) reads too:
+one list of versions and sha256 for both. `make pin` rewrites it.
 
 The module extension `debian` makes these repositories (MODULE.bazel imports
 them with use_repo):
@@ -20,19 +21,35 @@ unpack it.
 
 Each .deb is an ar archive; Bazel extracts it (type "deb") and then its
 data.tar.*. Nothing runs on the host but Bazel itself.
+
+An archive's absolute symbolic links (libc6's lib64/ld-linux-x86-64.so.2 ->
+/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2) are rewritten by Bazel to point
+into the directory they are extracted to, so they stay inside the repository
+and are kept.
 """
 
-load(":debian_pins.bzl", "KERNEL_ABI", "PACKAGES", "SNAPSHOT")
+_LOCK = Label("//third_party:debian.lock")
+
+def _parse_lock(text):
+    """debian.lock's lines as structs: name, version, sha256, sha1, archive, filename."""
+    pkgs = []
+    for n, line in enumerate(text.splitlines()):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        f = line.split()
+        if len(f) != 6:
+            fail("debian: third_party/debian.lock line {}: want 6 fields (name version sha256 sha1 archive filename), got {}: run make pin".format(n + 1, len(f)))
+        pkgs.append(struct(name = f[0], version = f[1], sha256 = f[2], sha1 = f[3], archive = f[4], filename = f[5]))
+    return pkgs
 
 def _urls(pkg):
     """Mirrors for one package, most durable first.
 
-    snapshot.debian.org keeps every file ever published: by archive and
-    timestamp, and by its sha1 alone. deb.debian.org has it only while it is
-    current.
+    snapshot.debian.org keeps every file ever published, by its sha1;
+    deb.debian.org has it only while it is current.
     """
     return [
-        "https://snapshot.debian.org/archive/{}/{}/{}".format(pkg.archive, SNAPSHOT[pkg.archive], pkg.filename),
         "https://snapshot.debian.org/file/" + pkg.sha1,
         "https://deb.debian.org/{}/{}".format(pkg.archive, pkg.filename),
     ]
@@ -71,7 +88,7 @@ def _debian_tree_impl(rctx):
         abi = rctx.attr.kernel_abi
         vmlinuz = rctx.path(prefix + "boot/vmlinuz-" + abi)
         if not vmlinuz.exists:
-            fail("debian: the kernel package has no boot/vmlinuz-{}: is KERNEL_ABI in third_party/debian_pins.bzl right?".format(abi))
+            fail("debian: the kernel package has no boot/vmlinuz-{}: is its line in third_party/debian.lock right?".format(abi))
         if not rctx.attr.cache_layout:
             # A name without the ABI, so that runfile paths stay put when the
             # kernel moves (resolve.Kernel: "debian_kernel/boot/vmlinuz").
@@ -114,10 +131,12 @@ filegroup(
 )
 
 # lib/modules/ABI: the modules (uncompressed .ko) and modules.builtin*; there
-# is no modules.dep (dependencies are in each module's .modinfo).
+# is no modules.dep (dependencies are in each module's .modinfo). With abi,
+# which names the directory: package resolve finds lib/modules/ABI through
+# abi and ABI/modules.builtin (a runfiles manifest lists files only).
 filegroup(
     name = "modules",
-    srcs = glob(["lib/modules/**"]),
+    srcs = ["abi"] + glob(["lib/modules/**"]),
 )
 
 filegroup(
@@ -185,13 +204,15 @@ filegroup(
     srcs = ["sbin/mke2fs"],
 )
 
-# Shared libraries of e2fsprogs, including libc6's loader
-# (lib/x86_64-linux-gnu/ld-linux-x86-64.so.2). lib64/ld-linux-x86-64.so.2 is
-# left out: it is an absolute link, which here would point at the host's.
+# Shared libraries of e2fsprogs, including libc6's loader under both its
+# names: lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 and the link
+# lib64/ld-linux-x86-64.so.2, which Bazel made point at the former in this
+# repository (the .deb's link is absolute).
 filegroup(
     name = "libs",
     srcs = glob([
         "lib/x86_64-linux-gnu/*.so*",
+        "lib64/*.so*",
         "usr/lib/x86_64-linux-gnu/*.so*",
     ]),
 )
@@ -214,8 +235,9 @@ exports_files([
 ])
 
 # third_party/fetch.sh's cache: pass the directory of versions.txt as
-# `testos/build --cache`. Documentation and the absolute lib64 link are left
-# out (see debian_e2fsprogs).
+# `testos/build --cache`. Documentation is left out. root/lib64 is kept:
+# testos/build puts lib64/ld-linux-x86-64.so.2 into the image (see
+# debian_e2fsprogs for why the link stays inside the repository).
 filegroup(
     name = "cache",
     srcs = [
@@ -224,7 +246,6 @@ filegroup(
     ] + glob(
         ["root/**"],
         exclude = [
-            "root/lib64/**",
             "root/usr/share/doc/**",
             "root/usr/share/man/**",
             "root/usr/share/lintian/**",
@@ -233,37 +254,44 @@ filegroup(
 )
 """
 
-def _by_name(names):
-    pkgs = {p.name: p for p in PACKAGES}
-    return [_deb(pkgs[n]) for n in names]
+def _pick(by_name, names):
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        fail("debian: third_party/debian.lock pins no {}".format(missing))
+    return [by_name[n] for n in names]
 
 def _debian_impl(mctx):
-    kernel = "linux-image-" + KERNEL_ABI
+    pkgs = _parse_lock(mctx.read(_LOCK))
+    kernels = [p.name for p in pkgs if p.name.startswith("linux-image-")]
+    if len(kernels) != 1:
+        fail("debian: third_party/debian.lock must pin one linux-image-ABI package, found {}".format(kernels))
+    by_name = {p.name: _deb(p) for p in pkgs}
+    kernel_abi = kernels[0].removeprefix("linux-image-")
     debian_tree(
         name = "debian_kernel",
-        debs = _by_name([kernel]),
-        kernel_abi = KERNEL_ABI,
+        debs = _pick(by_name, kernels),
+        kernel_abi = kernel_abi,
         build_file_content = _KERNEL_BUILD,
     )
     debian_tree(
         name = "debian_ovmf",
-        debs = _by_name(["ovmf"]),
+        debs = _pick(by_name, ["ovmf"]),
         build_file_content = _OVMF_BUILD,
     )
     debian_tree(
         name = "debian_systemd_boot",
-        debs = _by_name(["systemd-boot-efi"]),
+        debs = _pick(by_name, ["systemd-boot-efi"]),
         build_file_content = _SYSTEMD_BOOT_BUILD,
     )
     debian_tree(
         name = "debian_e2fsprogs",
-        debs = _by_name(["e2fsprogs", "libext2fs2", "libcom-err2", "libblkid1", "libuuid1", "libc6"]),
+        debs = _pick(by_name, ["e2fsprogs", "libext2fs2", "libcom-err2", "libblkid1", "libuuid1", "libc6"]),
         build_file_content = _E2FSPROGS_BUILD,
     )
     debian_tree(
         name = "debian_cache",
-        debs = [_deb(p) for p in PACKAGES],
-        kernel_abi = KERNEL_ABI,
+        debs = [_deb(p) for p in pkgs],
+        kernel_abi = kernel_abi,
         cache_layout = True,
         build_file_content = _CACHE_BUILD,
     )

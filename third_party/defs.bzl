@@ -4,7 +4,8 @@
   action, and gives its two outputs Bazel names: the OCI layout as a
   directory (a tree artifact) and the loader as a file.
 - e2e_test is a go_test with what an end-to-end suite needs: the image, the
-  loader and OVMF as data, a large size and long timeout, and tags. e2e
+  loader and OVMF as data, a large size, an eternal timeout, and tags that
+  keep it out of `bazel test //...` and out of the cache. e2e
   packages get it from gazelle with
   `# gazelle:map_kind go_test e2e_test //third_party:defs.bzl` in their
   BUILD.bazel.
@@ -97,11 +98,14 @@ links.
 )
 
 # What every e2e suite boots: the default image, its loader, OVMF (plain, and
-# secure boot with Microsoft's keys for the negative test). Runfile paths:
+# secure boot with Microsoft's keys for the negative test), and the stub a
+# test UKI is built on. Runfile paths (apparent repository names, which
+# runfiles.Rlocation maps through the runfiles' _repo_mapping):
 # qcluster/testos/image, qcluster/testos/loader.efi,
 # debian_ovmf/usr/share/OVMF/OVMF_{CODE,VARS}_4M.fd,
 # debian_ovmf/usr/share/OVMF/OVMF_CODE_4M.secboot.fd,
-# debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.ms.fd.
+# debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.ms.fd,
+# debian_systemd_boot/usr/lib/systemd/boot/efi/linuxx64.efi.stub.
 # Label() resolves them here, in qcluster, so that a module that depends on
 # qcluster gets the same files from its own e2e_test targets.
 E2E_DATA = [
@@ -111,14 +115,17 @@ E2E_DATA = [
     Label("@debian_ovmf//:code_secboot"),
     Label("@debian_ovmf//:vars"),
     Label("@debian_ovmf//:vars_ms"),
+    Label("@debian_systemd_boot//:stub"),
 ]
 
-# qemu/ looks for OVMF through these variables (package resolve) before the
-# host's paths. rootpath is relative to the test's working directory, the
-# main repository's runfiles directory; the labels are canonical ("@@...").
+# qemu/ looks for OVMF through these variables (package resolve) when the
+# runfiles do not have it under its apparent name. rlocationpath, not
+# rootpath: rules_go's go_test runs in its package's directory, where a path
+# relative to the runfiles root leads nowhere; package resolve hands a
+# relative value to runfiles.Rlocation first.
 E2E_ENV = {
-    "QCLUSTER_OVMF_CODE": "$(rootpath {})".format(Label("@debian_ovmf//:code")),
-    "QCLUSTER_OVMF_VARS": "$(rootpath {})".format(Label("@debian_ovmf//:vars")),
+    "QCLUSTER_OVMF_CODE": "$(rlocationpath {})".format(Label("@debian_ovmf//:code")),
+    "QCLUSTER_OVMF_VARS": "$(rlocationpath {})".format(Label("@debian_ovmf//:vars")),
 }
 
 def e2e_test(
@@ -131,9 +138,14 @@ def e2e_test(
         exclusive = False,
         kvm = False,
         size = "large",
-        timeout = "long",
+        timeout = "eternal",
         **kwargs):
     """A go_test that boots real clusters.
+
+    It is tagged "manual", so `bazel test //...` boots no VM: name it
+    (`bazel test //e2e:e2e_test`). It is tagged "external": its result
+    depends on the host's QEMU and swtpm, which Bazel does not see, so it is
+    never taken from the cache.
 
     Args:
       name: the test's name.
@@ -141,8 +153,8 @@ def e2e_test(
       env: more environment, added to E2E_ENV.
       env_inherit: more variables taken from `bazel test`'s environment;
         CI always is (internal/needs fails instead of skipping when CI=true).
-      tags: more tags. Always added: "cpu:N" (see cpus) and
-        "no-remote-exec" (QEMU and swtpm come from the host).
+      tags: more tags. Always added: "manual", "external", "cpu:N" (see
+        cpus) and "no-remote-exec" (QEMU and swtpm come from the host).
       cpus: CPUs Bazel reserves for the test while it runs, the tag "cpu:N";
         default 2, what a three-node cluster under TCG keeps busy.
       exclusive: run with no other test at the same time (tag "exclusive"),
@@ -151,7 +163,10 @@ def e2e_test(
       kvm: the suite needs /dev/kvm (tag "requires-kvm"; select with
         --test_tag_filters). qcluster's own suites run under TCG: False.
       size: default "large".
-      timeout: default "long" (900 s).
+      timeout: default "eternal" (3600 s), which rules_go also passes as
+        -test.timeout. `make test` gives go test 28 minutes; Bazel's classes
+        are 60, 300, 900 and 3600 s, and 900 s is too short for the suites
+        under TCG. For make's bound exactly: --test_timeout=1680.
       **kwargs: everything else go_test takes (srcs, deps, embed, ...).
     """
     go_test(
@@ -161,7 +176,7 @@ def e2e_test(
         env_inherit = ["CI"] + env_inherit,
         size = size,
         timeout = timeout,
-        tags = tags + ["cpu:%d" % cpus, "no-remote-exec"] +
+        tags = tags + ["manual", "external", "cpu:%d" % cpus, "no-remote-exec"] +
                (["exclusive"] if exclusive else []) +
                (["requires-kvm"] if kvm else []),
         **kwargs

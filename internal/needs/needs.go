@@ -4,9 +4,12 @@
 package needs
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/qcluster/qcluster/resolve"
 )
 
 // inCI reports whether missing prerequisites are failures rather than skips.
@@ -64,4 +67,22 @@ func Short(t testing.TB, why string) {
 	if testing.Short() {
 		t.Skipf("skipped in -short mode: %s", why)
 	}
+}
+
+// Checkout returns the source checkout's top directory (resolve.RepoRoot),
+// for tests that need what is only there: make's outputs (out/,
+// third_party/cache), scripts, go.mod for `go build`. Under Bazel the
+// checkout is not used, so the test is skipped, also in CI: Bazel's own
+// targets and runfiles cover what it would check. Elsewhere a missing
+// checkout skips the test locally and fails it in CI.
+func Checkout(t testing.TB) string {
+	t.Helper()
+	root, err := resolve.RepoRoot()
+	if errors.Is(err, resolve.ErrUnderBazel) {
+		t.Skipf("skipped under Bazel: needs the source checkout and make's outputs, not runfiles (%v)", err)
+	}
+	if err != nil {
+		missing(t, "the source checkout: %v", err)
+	}
+	return root
 }

@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/qcluster/qcluster/internal/needs"
-	"github.com/qcluster/qcluster/resolve"
 )
 
 // CheckGenerated regenerates proto (a file in the test's working directory)
@@ -20,12 +19,10 @@ import (
 // the committed files.
 func CheckGenerated(t *testing.T, proto string) {
 	t.Helper()
+	// The .proto and genproto.sh are not runfiles: skipped under Bazel.
+	root := needs.Checkout(t)
 	needs.Tool(t, "protoc", "protobuf-compiler")
 	needs.Short(t, "builds the protoc plugins")
-	root, err := resolve.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := t.TempDir()
 	cmd := exec.Command(filepath.Join(root, "scripts/genproto.sh"), proto, out)
 	if b, err := cmd.CombinedOutput(); err != nil {

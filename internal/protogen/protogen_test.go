@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/qcluster/qcluster/resolve"
+	"github.com/qcluster/qcluster/internal/needs"
 )
 
 // TestPluginVersionsMatchGoMod keeps genproto.sh's protoc-gen-go equal to
@@ -15,10 +15,7 @@ import (
 // plugin is pinned on its own; its code says which gRPC runtime it needs,
 // and the build checks that.)
 func TestPluginVersionsMatchGoMod(t *testing.T) {
-	root, err := resolve.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := needs.Checkout(t)
 	script, err := os.ReadFile(filepath.Join(root, "scripts/genproto.sh"))
 	if err != nil {
 		t.Fatal(err)

@@ -45,6 +45,8 @@ type Guest struct {
 // Build builds the guest described by opts in t's temp directory.
 func Build(t testing.TB, opts Options) Guest {
 	t.Helper()
+	// go build needs the module's go.mod, which Bazel's runfiles lack.
+	needs.Checkout(t)
 	kernel, err := resolve.Find(resolve.Kernel(""))
 	if err != nil {
 		needs.File(t, "third_party/cache/root/boot/vmlinuz-*", err.Error())

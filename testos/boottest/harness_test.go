@@ -59,16 +59,14 @@ var builtImage = sync.OnceValues(func() ([2]string, error) {
 func prerequisites(t *testing.T) {
 	t.Helper()
 	needs.Short(t, "boots the testos image in QEMU under TCG")
+	// It builds the image from the checkout (builtImage): not under Bazel.
+	root := needs.Checkout(t)
 	needs.Tool(t, "qemu-system-x86_64", "qemu-system-x86")
 	needs.Tool(t, "swtpm", "swtpm")
 	needs.Tool(t, "swtpm_setup", "swtpm-tools")
 	if _, err := qemu.FindOVMF(qemu.FirmwareQuery{}); err != nil {
 		// Skips locally, fails in CI, with the package to install.
 		needs.File(t, "/usr/share/OVMF/OVMF_CODE_4M.fd", "apt-get install ovmf, or make deps: "+err.Error())
-	}
-	root, err := resolve.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
 	}
 	needs.File(t, filepath.Join(root, "third_party", "cache", "kernel"), "run make fetch")
 }

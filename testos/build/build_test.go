@@ -17,16 +17,12 @@ import (
 	"github.com/qcluster/qcluster/imagebuild/cpio"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
 	"github.com/qcluster/qcluster/internal/needs"
-	"github.com/qcluster/qcluster/resolve"
 )
 
 // TestBuild builds the image from the fetched Debian artifacts and checks
 // every part with an independent reader or tool; a second build is a no-op.
 func TestBuild(t *testing.T) {
-	root, err := resolve.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := needs.Checkout(t)
 	needs.File(t, filepath.Join(root, "third_party", "cache", "kernel"), "run make fetch")
 	veritysetup := needs.Tool(t, "veritysetup", "cryptsetup-bin")
 	fsckErofs := needs.Tool(t, "fsck.erofs", "erofs-utils")
