@@ -222,11 +222,12 @@ func (c *Cluster) restoreNodes(ctx context.Context) error {
 		if err := n.start(ctx); err != nil {
 			return n.fail(err)
 		}
-		if err := n.VM().LoadState(ctx, n.incoming); err != nil {
+		vm := n.VM()
+		if err := vm.LoadState(ctx, n.incoming); err != nil {
 			return n.fail(err)
 		}
 		n.mu.Lock()
-		n.timings.StateLoaded = time.Since(n.VM().StartedAt())
+		n.timings.StateLoaded = time.Since(vm.StartedAt())
 		n.mu.Unlock()
 		return nil
 	})
@@ -235,11 +236,12 @@ func (c *Cluster) restoreNodes(ctx context.Context) error {
 	}
 	// Resume all at once: the guests' view of each other stays as frozen.
 	err = c.eachVM(ctx, func(ctx context.Context, n *Node) error {
-		if err := n.VM().QMP().Cont(ctx); err != nil {
+		vm := n.VM()
+		if err := vm.QMP().Cont(ctx); err != nil {
 			return n.fail(err)
 		}
 		n.mu.Lock()
-		n.timings.Resumed = time.Since(n.VM().StartedAt())
+		n.timings.Resumed = time.Since(vm.StartedAt())
 		// From now on the node is an ordinary one: a restart boots it
 		// afresh, with RAM of its own.
 		n.incoming = ""

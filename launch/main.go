@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/qcluster/qcluster/cluster"
+	"github.com/qcluster/qcluster/cluster/warm"
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/testos/profile"
 )
@@ -43,6 +44,15 @@ Examples:
   cluster --nodes 1 --memory 1024 --no-tpm  one node, 1 GiB, no TPM
   cluster --exit-when-ready --json out.json launch, write a summary, tear down (for scripts)
   cluster --image ./my-os --ready tcp:22    another OS image, ready when port 22 accepts
+  cluster --nodes 3 --snapshot DIR --exit-when-ready
+                                            boot, snapshot into DIR once ready, tear down
+  cluster --restore DIR                     restore the snapshot in DIR: ready in about a second
+
+Warm clusters: by default a cluster is restored from a template in a cache
+(--cache-dir), made on first use by a cold launch and a snapshot, so that
+only the first launch for a set of options boots. --cold boots every time.
+A restored cluster is a copy of its template: the guests' keys, TPMs and
+random state are the template's (testos steps its clock and reseeds).
 
 Ctrl-C (SIGINT) or SIGTERM cancels the launch or, once the cluster is up,
 stops it; either way everything is torn down first. A second Ctrl-C kills
@@ -62,6 +72,9 @@ type config struct {
 	jsonPath      string
 	exitWhenReady bool
 	logLevel      string
+	snapshotDir   string // --snapshot
+	cacheDir      string
+	cacheMax      int64
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -72,7 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Usage = func() {}
 	c := &config{}
 	o := &c.opts
-	var disk, timeout string
+	var disk, timeout, cacheMax string
 	var noTPM bool
 	fs.IntVar(&o.Nodes, "nodes", 3, fmt.Sprintf("number of nodes (1–%d)", cluster.MaxNodes))
 	fs.IntVar(&o.Node.CPUs, "cpus", 1, fmt.Sprintf("virtual CPUs per node (1–%d)", cluster.MaxCPUs))
@@ -94,6 +107,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&o.Swtpm, "swtpm", "", "path of swtpm (default: found on PATH)")
 	fs.StringVar(&o.FirmwareCode, "ovmf-code", "", "OVMF code image (default: discovered)")
 	fs.StringVar(&o.FirmwareVars, "ovmf-vars", "", "OVMF vars template (default: discovered)")
+	fs.StringVar(&c.snapshotDir, "snapshot", "", "boot, then snapshot the ready cluster into this new directory (with --exit-when-ready: then tear down)")
+	fs.StringVar(&o.Snapshot, "restore", "", "restore the cluster from this snapshot directory instead of booting it")
+	fs.BoolVar(&o.Cold, "cold", false, "boot the cluster instead of restoring it from a cached template")
+	fs.StringVar(&c.cacheDir, "cache-dir", "", "template cache (default: $XDG_CACHE_HOME/qcluster/warm)")
+	fs.StringVar(&cacheMax, "cache-max", "16GiB", "how much disk the template cache may use; least recently used templates go first")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stderr, usage)
@@ -105,10 +123,18 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flags only; see --help)", fs.Arg(0))
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case c.snapshotDir != "" && o.Snapshot != "":
+		return nil, errors.New("--snapshot and --restore: choose one (a restored cluster cannot be snapshotted; snapshot its template)")
+	case c.snapshotDir != "":
+		o.Cold = true // a snapshot needs a cluster that booted
+	}
 	// `bazel run` starts us in the runfiles tree; paths the user typed are
 	// relative to where they typed them.
 	if wd := os.Getenv("BUILD_WORKING_DIRECTORY"); wd != "" {
-		for _, p := range []*string{&o.Image, &o.Loader, &o.StateDir, &o.QEMU, &o.Swtpm, &o.FirmwareCode, &o.FirmwareVars, &c.jsonPath} {
+		for _, p := range []*string{&o.Image, &o.Loader, &o.StateDir, &o.QEMU, &o.Swtpm, &o.FirmwareCode, &o.FirmwareVars, &c.jsonPath, &c.snapshotDir, &o.Snapshot, &c.cacheDir} {
 			if *p != "" && !filepath.IsAbs(*p) {
 				*p = filepath.Join(wd, *p)
 			}
@@ -126,6 +152,16 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if o.Profile, err = parseReady(c.readySpec); err != nil {
 		return nil, fmt.Errorf("--ready: %w", err)
 	}
+	if c.cacheMax, err = blockdev.ParseSize(cacheMax); err != nil || c.cacheMax <= 0 {
+		return nil, fmt.Errorf("--cache-max %q: want a positive size such as 16GiB", cacheMax)
+	}
+	if c.cacheDir == "" {
+		if d, err := os.UserCacheDir(); err == nil {
+			c.cacheDir = filepath.Join(d, "qcluster", "warm")
+		} else {
+			o.Cold = true // nowhere to keep templates
+		}
+	}
 	// The cluster's own limits, checked here so that a mistake is a flag's
 	// one-line error before anything starts; zero, which the options would
 	// replace by a default, is a mistake on the command line too.
@@ -137,6 +173,18 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if o.Node.MemoryMiB < cluster.MinMemoryMiB || o.Node.MemoryMiB > cluster.MaxMemoryMiB {
 		return nil, fmt.Errorf("--memory %d: want %d to %d (MiB)", o.Node.MemoryMiB, cluster.MinMemoryMiB, cluster.MaxMemoryMiB)
+	}
+	if o.Snapshot != "" {
+		// The snapshot decides these; only values typed must agree with it.
+		for name, zero := range map[string]func(){
+			"nodes": func() { o.Nodes = 0 }, "cpus": func() { o.Node.CPUs = 0 },
+			"memory": func() { o.Node.MemoryMiB = 0 }, "disk": func() { o.Node.DiskSize = 0 },
+			"accel": func() { o.Accel = "" },
+		} {
+			if !set[name] {
+				zero()
+			}
+		}
 	}
 	return c, nil
 }
@@ -235,9 +283,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 
-	fmt.Fprintf(stderr, "Creating cluster with %d node(s) ...\n", cfg.opts.Nodes)
+	switch {
+	case cfg.opts.Snapshot != "":
+		fmt.Fprintf(stderr, "Restoring cluster from %s ...\n", cfg.opts.Snapshot)
+	case cfg.opts.Cold:
+		fmt.Fprintf(stderr, "Creating cluster with %d node(s) ...\n", cfg.opts.Nodes)
+	default:
+		fmt.Fprintf(stderr, "Creating cluster with %d node(s) from a template (--cold boots instead) ...\n", cfg.opts.Nodes)
+	}
 	start := time.Now()
-	c, err := cluster.Launch(ctx, cfg.opts)
+	cache := &warm.Cache{Dir: cfg.cacheDir, MaxBytes: cfg.cacheMax, Logger: cfg.opts.Logger}
+	c, res, err := cache.Launch(ctx, cfg.opts)
 	st.End(err == nil)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -254,8 +310,32 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	took := time.Since(start)
 	code := 0
-	sum := summarize(c, time.Since(start))
+	if cfg.snapshotDir != "" {
+		st.Start("Snapshotting into " + cfg.snapshotDir)
+		info, err := c.Snapshot(ctx, cfg.snapshotDir, cluster.SnapshotOptions{Close: cfg.exitWhenReady})
+		st.End(err == nil)
+		if err != nil {
+			fmt.Fprintf(stderr, "ERROR: %v\n", err)
+			c.Close()
+			return 1
+		}
+		st.Logf("   snapshot: %s on disk, %s of device state, nodes paused %s", blockdev.FormatSize(info.Bytes), blockdev.FormatSize(info.StateBytes), info.Paused.Round(time.Millisecond))
+		if cfg.exitWhenReady {
+			// Snapshot closed the cluster; its files moved into the snapshot.
+			sum := summarize(c, took, res)
+			sum.Snapshot = cfg.snapshotDir
+			if cfg.jsonPath != "" {
+				if err := writeJSON(cfg.jsonPath, sum); err != nil {
+					fmt.Fprintf(stderr, "ERROR: %v\n", err)
+					return 1
+				}
+			}
+			return 0
+		}
+	}
+	sum := summarize(c, took, res)
 	printSummary(stdout, sum)
 	if cfg.jsonPath != "" {
 		if err := writeJSON(cfg.jsonPath, sum); err != nil {

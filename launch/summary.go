@@ -9,15 +9,24 @@ import (
 	"time"
 
 	"github.com/qcluster/qcluster/cluster"
+	"github.com/qcluster/qcluster/cluster/warm"
 	"github.com/qcluster/qcluster/internal/atomicfile"
 )
 
 // summary is what --json writes and the table shows.
 type summary struct {
-	Name       string        `json:"name"`
-	StateDir   string        `json:"state_dir"`
-	LogDir     string        `json:"log_dir"`
-	LaunchSecs float64       `json:"launch_seconds"`
+	Name       string  `json:"name"`
+	StateDir   string  `json:"state_dir"`
+	LogDir     string  `json:"log_dir"`
+	LaunchSecs float64 `json:"launch_seconds"`
+	// Restored says the cluster was restored from RestoredFrom, a snapshot
+	// or a cached template (TemplateMade: made by this launch first).
+	Restored     bool    `json:"restored"`
+	RestoredFrom string  `json:"restored_from,omitempty"`
+	TemplateMade bool    `json:"template_made,omitempty"`
+	TemplateSecs float64 `json:"template_seconds,omitempty"`
+	// Snapshot is where --snapshot wrote the cluster.
+	Snapshot   string        `json:"snapshot,omitempty"`
 	Accel      string        `json:"accelerator"`
 	SOCKS5     socksSummary  `json:"socks5"`
 	CA         string        `json:"ca_cert"`
@@ -33,21 +42,25 @@ type socksSummary struct {
 }
 
 type nodeSummary struct {
-	Name        string  `json:"name"`
-	FQDN        string  `json:"fqdn"`
-	Address     string  `json:"address"`
-	MAC         string  `json:"mac"`
-	State       string  `json:"state"`
-	TPM         bool    `json:"tpm"`
-	EKSHA256    string  `json:"tpm_ek_certificate_sha256,omitempty"`
-	DiskSecs    float64 `json:"disk_ready_seconds"`
-	StartSecs   float64 `json:"qemu_started_seconds"`
+	Name      string  `json:"name"`
+	FQDN      string  `json:"fqdn"`
+	Address   string  `json:"address"`
+	MAC       string  `json:"mac"`
+	State     string  `json:"state"`
+	TPM       bool    `json:"tpm"`
+	EKSHA256  string  `json:"tpm_ek_certificate_sha256,omitempty"`
+	DiskSecs  float64 `json:"disk_ready_seconds"`
+	StartSecs float64 `json:"qemu_started_seconds"`
+	// For a restored node, since its QEMU started: its state was loaded,
+	// and it resumed.
+	LoadedSecs  float64 `json:"state_loaded_seconds,omitempty"`
+	ResumedSecs float64 `json:"resumed_seconds,omitempty"`
 	ReadySecs   float64 `json:"ready_seconds"`
 	SerialLog   string  `json:"serial_log"`
 	CommandLine string  `json:"command_line"`
 }
 
-func summarize(c *cluster.Cluster, took time.Duration) summary {
+func summarize(c *cluster.Cluster, took time.Duration, res warm.Result) summary {
 	s := summary{
 		Name:       c.Name,
 		StateDir:   c.StateDir,
@@ -59,6 +72,11 @@ func summarize(c *cluster.Cluster, took time.Duration) summary {
 		ClientCert: c.Files.ClientCert,
 		ClientKey:  c.Files.ClientKey,
 		EnvFile:    c.Files.Env,
+
+		Restored:     c.RestoredFrom != "",
+		RestoredFrom: c.RestoredFrom,
+		TemplateMade: res.Made,
+		TemplateSecs: res.MakeTime.Seconds(),
 	}
 	for _, n := range c.Nodes {
 		t := n.Timings()
@@ -66,6 +84,7 @@ func summarize(c *cluster.Cluster, took time.Duration) summary {
 			Name: n.Name, FQDN: n.FQDN, Address: n.Address.String(), MAC: n.MAC.String(),
 			State: n.State().String(), TPM: !n.Options.NoTPM,
 			DiskSecs: t.DiskReady.Seconds(), StartSecs: t.QEMUStarted.Seconds(), ReadySecs: t.Ready.Seconds(),
+			LoadedSecs: t.StateLoaded.Seconds(), ResumedSecs: t.Resumed.Seconds(),
 			SerialLog: n.SerialLog, CommandLine: n.CommandLineFile,
 		})
 		if n.EKCertificate != nil {
@@ -76,7 +95,14 @@ func summarize(c *cluster.Cluster, took time.Duration) summary {
 }
 
 func printSummary(w io.Writer, s summary) {
-	fmt.Fprintf(w, "\nCluster %q is ready (%s, %.1fs).\n\n", s.Name, s.Accel, s.LaunchSecs)
+	how := ""
+	if s.Restored {
+		how = ", restored from " + s.RestoredFrom
+		if s.TemplateMade {
+			how += fmt.Sprintf(" (template made first in %.1fs)", s.TemplateSecs)
+		}
+	}
+	fmt.Fprintf(w, "\nCluster %q is ready (%s, %.1fs%s).\n\n", s.Name, s.Accel, s.LaunchSecs, how)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tTPM\tREADY\tSERIAL LOG")
 	for _, n := range s.Nodes {
