@@ -169,8 +169,7 @@ func Launch(ctx context.Context, opts Options) (*Cluster, error) {
 			{"Checking host", c.checkHost},
 			{"Checking snapshot", c.checkSnapshot},
 			{"Preparing state", c.prepareState},
-			{"Copying disks", c.copyDisks},
-			{"Starting network", c.startNetwork},
+			{"Copying disks, starting network", c.prepareNodes},
 			{"Restoring nodes", c.restoreNodes},
 			{"Waiting for nodes", c.waitReady},
 		}

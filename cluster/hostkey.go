@@ -94,8 +94,10 @@ func profileRecord(p Profile) (ManifestProfile, error) {
 // TemplateKey names the template that a cache of snapshots would restore a
 // cluster for opts from: a hash of everything a restore must match (the
 // host's QEMU, swtpm and firmware, the accelerator, the image, the loader,
-// the nodes' machines, the subnet, the profile and, when given, the name).
-// It finds the programs and files as Launch does.
+// the nodes' machines, the subnet and the profile). The name is not part
+// of it: a restored cluster's guests keep the template's, and Options.Name
+// names the restore on this host. It finds the programs and files as
+// Launch does.
 func TemplateKey(ctx context.Context, opts Options) (string, error) {
 	opts.Snapshot = ""
 	o, err := opts.withDefaults()
@@ -125,17 +127,25 @@ func TemplateKey(ctx context.Context, opts Options) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	name := opts.Name // a generated name is no part of the key
-	b, err := json.Marshal(struct {
-		Format  int
-		Key     SnapshotKey
-		Profile ManifestProfile
-		Subnet  string
-		Name    string
-	}{manifestFormat, k, prof, o.Subnet.String(), name})
-	if err != nil {
-		return "", err
-	}
+	return templateKey(k, prof, o.Subnet.String()), nil
+}
+
+// TemplateKey is the key of the options this snapshot was made for (see
+// the function TemplateKey): equal keys mean it can stand in for a launch.
+func (m *Manifest) TemplateKey() string {
+	return templateKey(m.Key, m.Profile, m.Cluster.Subnet)
+}
+
+func templateKey(k SnapshotKey, prof ManifestProfile, subnet string) string {
+	var settings any
+	_ = json.Unmarshal(prof.Settings, &settings) // normalised: equal settings, equal bytes
+	b, _ := json.Marshal(struct {
+		Format   int
+		Key      SnapshotKey
+		Profile  string
+		Settings any
+		Subnet   string
+	}{manifestFormat, k, prof.Type, settings, subnet})
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:16]), nil
+	return hex.EncodeToString(sum[:16])
 }

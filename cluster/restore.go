@@ -12,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
@@ -211,6 +212,16 @@ func (c *Cluster) copyDisks(ctx context.Context) error {
 		n.mu.Unlock()
 		return nil
 	})
+}
+
+// prepareNodes copies the disks while the switch starts: a switch takes a
+// few hundred milliseconds to start (mostly its process's start-up), as
+// long as the rest of a restore.
+func (c *Cluster) prepareNodes(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.copyDisks(ctx) })
+	g.Go(func() error { return c.startNetwork(ctx) })
+	return g.Wait()
 }
 
 // restoreNodes starts every node's swtpm (empty, for the incoming state)

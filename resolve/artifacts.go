@@ -105,3 +105,11 @@ func Stub(explicit string) Spec {
 		Paths: []string{"third_party/cache/root/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
 			"/usr/lib/systemd/boot/efi/linuxx64.efi.stub"}, Hint: "run make fetch"}
 }
+
+// Template is a snapshot of a ready cluster to restore instead of booting
+// (a directory holding manifest.json), as the e2e suites' Bazel rule builds
+// it. There is no default: without one, tests use their template cache.
+func Template(explicit string) Spec {
+	return Spec{What: "cluster template (a snapshot directory)", Explicit: explicit, Runfile: "qcluster/e2e/template/manifest.json", RunfileDir: true,
+		Env: "QCLUSTER_TEMPLATE", Hint: "make one with cluster --snapshot DIR --exit-when-ready"}
+}

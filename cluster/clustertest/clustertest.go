@@ -6,6 +6,11 @@
 // Under Bazel, state goes under $TEST_TMPDIR and logs to
 // $TEST_UNDECLARED_OUTPUTS_DIR/<name>; elsewhere logs go to a directory that
 // is kept only when the test fails. (cluster itself reads no environment.)
+//
+// Clusters are restored from templates (cluster/warm) unless Options.Cold:
+// the first launch for a set of options boots and snapshots a template,
+// later ones restore it in about a second. Each restore is a cluster of its
+// own, but a copy of the same template: same keys, same TPM identities.
 package clustertest
 
 import (
@@ -18,6 +23,8 @@ import (
 	"time"
 
 	"github.com/qcluster/qcluster/cluster"
+	"github.com/qcluster/qcluster/cluster/warm"
+	"github.com/qcluster/qcluster/resolve"
 )
 
 // Launch launches a cluster for t and fails the test if it does not come up.
@@ -72,9 +79,15 @@ func TryLaunch(t testing.TB, opts cluster.Options) (*cluster.Cluster, error) {
 			defer cancel()
 		}
 	}
-	c, err := cluster.Launch(ctx, opts)
+	c, res, err := launch(ctx, opts)
 	if err != nil {
 		return nil, err
+	}
+	switch {
+	case res.Made:
+		t.Logf("cluster %s restored from template %s, made first in %s", c.Name, res.Template, res.MakeTime.Round(time.Millisecond))
+	case res.Template != "":
+		t.Logf("cluster %s restored from template %s", c.Name, res.Template)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -87,6 +100,35 @@ func TryLaunch(t testing.TB, opts cluster.Options) (*cluster.Cluster, error) {
 		t.Logf("cluster %s torn down in %s", c.Name, time.Since(start).Round(time.Millisecond))
 	})
 	return c, nil
+}
+
+// launch restores opts' cluster from a template where it can: the one
+// named by $QCLUSTER_TEMPLATE (Bazel builds it, see resolve.Template) when
+// it was made for these options, else one in the template cache, made on
+// first use: $QCLUSTER_CACHE_DIR, else $XDG_CACHE_HOME/qcluster/warm (under
+// Bazel, in $TEST_TMPDIR). opts.Cold boots instead.
+func launch(ctx context.Context, opts cluster.Options) (*cluster.Cluster, warm.Result, error) {
+	if !opts.Cold && opts.Snapshot == "" {
+		if tmpl, err := resolve.Find(resolve.Template("")); err == nil {
+			if m, err := cluster.ReadManifest(tmpl); err == nil {
+				if key, err := cluster.TemplateKey(ctx, opts); err == nil && key == m.TemplateKey() {
+					opts.Snapshot = tmpl
+				}
+			}
+		}
+	}
+	dir := os.Getenv("QCLUSTER_CACHE_DIR")
+	if dir == "" {
+		if d := os.Getenv("TEST_TMPDIR"); d != "" {
+			dir = filepath.Join(d, "qcluster-warm")
+		} else if d, err := os.UserCacheDir(); err == nil {
+			dir = filepath.Join(d, "qcluster", "warm")
+		} else {
+			opts.Cold = true
+		}
+	}
+	cache := &warm.Cache{Dir: dir, Logger: opts.Logger}
+	return cache.Launch(ctx, opts)
 }
 
 // Report logs every node's state, log paths and console tail.
