@@ -83,6 +83,7 @@ type node struct {
 	member *memberState // members only
 
 	powerReq chan int // LINUX_REBOOT_CMD_* asked for over gRPC
+	log      *slog.Logger
 }
 
 // step logs how long a boot step took since boot.
@@ -141,7 +142,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	}
 	log.Info("parameters", "from_fw_cfg", cfg.fromParams, "node", cfg.nodeName, "role", cfg.role, "leader", cfg.leaderAddress)
 
-	n := &node{cfg: cfg, powerReq: make(chan int, 1)}
+	n := &node{cfg: cfg, powerReq: make(chan int, 1), log: log}
 
 	// Storage, network and TPM are independent: do them at once.
 	var wg sync.WaitGroup

@@ -100,8 +100,12 @@ type nodeServer struct {
 	n *node
 }
 
-func (s *nodeServer) Status(context.Context, *api.StatusRequest) (*api.StatusResponse, error) {
+func (s *nodeServer) Status(_ context.Context, req *api.StatusRequest) (*api.StatusResponse, error) {
 	n := s.n
+	tpm := n.tpm
+	if req.GetTpmLive() && tpm.GetPresent() {
+		tpm = readTPM(n.log, tpmDevice)
+	}
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
 	cmdline, _ := os.ReadFile("/proc/cmdline")
@@ -123,10 +127,11 @@ func (s *nodeServer) Status(context.Context, *api.StatusRequest) (*api.StatusRes
 		Partitions:    n.storage.parts,
 		Verity:        n.storage.verity,
 		Data:          n.storage.dataStats(),
-		Tpm:           n.tpm,
+		Tpm:           tpm,
 		Addresses:     addresses(),
 		Hostname:      host,
 		ReadyMs:       n.readyMillis,
+		UnixNanos:     time.Now().UnixNano(),
 	}
 	switch {
 	case n.member != nil:

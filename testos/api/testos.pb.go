@@ -350,7 +350,10 @@ func (x *TLS) GetKeyPem() string {
 }
 
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Read the TPM now (EK, certificate, PCRs) instead of reporting what was
+	// read at boot.
+	TpmLive       bool `protobuf:"varint,1,opt,name=tpm_live,json=tpmLive,proto3" json:"tpm_live,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -383,6 +386,13 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
 	return file_testos_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StatusRequest) GetTpmLive() bool {
+	if x != nil {
+		return x.TpmLive
+	}
+	return false
 }
 
 type StatusResponse struct {
@@ -422,7 +432,10 @@ type StatusResponse struct {
 	// Membership as seen from this node.
 	Membership *MembershipStatus `protobuf:"bytes,20,opt,name=membership,proto3" json:"membership,omitempty"`
 	// Milliseconds from kernel start to the agent serving gRPC (CLOCK_BOOTTIME).
-	ReadyMs       int64 `protobuf:"varint,21,opt,name=ready_ms,json=readyMs,proto3" json:"ready_ms,omitempty"`
+	ReadyMs int64 `protobuf:"varint,21,opt,name=ready_ms,json=readyMs,proto3" json:"ready_ms,omitempty"`
+	// The node's wall clock (CLOCK_REALTIME) when it answered, nanoseconds
+	// since the Unix epoch.
+	UnixNanos     int64 `protobuf:"varint,22,opt,name=unix_nanos,json=unixNanos,proto3" json:"unix_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -600,6 +613,13 @@ func (x *StatusResponse) GetMembership() *MembershipStatus {
 func (x *StatusResponse) GetReadyMs() int64 {
 	if x != nil {
 		return x.ReadyMs
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetUnixNanos() int64 {
+	if x != nil {
+		return x.UnixNanos
 	}
 	return 0
 }
@@ -2073,8 +2093,9 @@ const file_testos_proto_rawDesc = "" +
 	"\x03TLS\x12\x1e\n" +
 	"\vca_cert_pem\x18\x01 \x01(\tR\tcaCertPem\x12\x19\n" +
 	"\bcert_pem\x18\x02 \x01(\tR\acertPem\x12\x17\n" +
-	"\akey_pem\x18\x03 \x01(\tR\x06keyPem\"\x0f\n" +
-	"\rStatusRequest\"\xd4\x06\n" +
+	"\akey_pem\x18\x03 \x01(\tR\x06keyPem\"*\n" +
+	"\rStatusRequest\x12\x19\n" +
+	"\btpm_live\x18\x01 \x01(\bR\atpmLive\"\xf3\x06\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12!\n" +
 	"\fcluster_name\x18\x02 \x01(\tR\vclusterName\x12,\n" +
@@ -2103,7 +2124,9 @@ const file_testos_proto_rawDesc = "" +
 	"\n" +
 	"membership\x18\x14 \x01(\v2$.qcluster.testos.v1.MembershipStatusR\n" +
 	"membership\x12\x19\n" +
-	"\bready_ms\x18\x15 \x01(\x03R\areadyMs\"\x9e\x02\n" +
+	"\bready_ms\x18\x15 \x01(\x03R\areadyMs\x12\x1d\n" +
+	"\n" +
+	"unix_nanos\x18\x16 \x01(\x03R\tunixNanos\"\x9e\x02\n" +
 	"\vProductInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
