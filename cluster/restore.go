@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -69,7 +70,7 @@ func applyManifest(o Options, m *Manifest) (Options, error) {
 			return o, err
 		}
 		if p.Type != m.Profile.Type || !jsonEqual(p.Settings, m.Profile.Settings) {
-			return o, fmt.Errorf("snapshot %s was made with profile %s %s; given %s %s", o.Snapshot, m.Profile.Type, m.Profile.Settings, p.Type, p.Settings)
+			return o, fmt.Errorf("snapshot %s was made with profile %s %s; given %s %s", o.Snapshot, m.Profile.Type, compact(m.Profile.Settings), p.Type, compact(p.Settings))
 		}
 	}
 	o.Nodes = len(m.Nodes)
@@ -96,6 +97,15 @@ func mergeNode(n, ov NodeOptions) NodeOptions {
 	n.NoTPM = n.NoTPM || ov.NoTPM
 	n.ExtraQEMUArgs = append(slices.Clone(n.ExtraQEMUArgs), ov.ExtraQEMUArgs...)
 	return n
+}
+
+// compact is JSON on one line, for messages.
+func compact(b json.RawMessage) string {
+	var out bytes.Buffer
+	if json.Compact(&out, b) != nil {
+		return string(b)
+	}
+	return out.String()
 }
 
 func jsonEqual(a, b json.RawMessage) bool {

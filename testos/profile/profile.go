@@ -139,6 +139,11 @@ func (p *Profile) AfterRestore(ctx context.Context, c *cluster.Cluster, node *cl
 	if err != nil {
 		return err
 	}
+	// The first call on a connection pays for its TLS handshake; the time
+	// sent must not wait behind it.
+	if err := cluster.CheckHealth(ctx, conn); err != nil {
+		return err
+	}
 	seed := make([]byte, 64)
 	if _, err := rand.Read(seed); err != nil {
 		return err
