@@ -8,7 +8,7 @@ FUZZTIME    ?= 10s
 # Flags for `make cluster`, e.g. make cluster ARGS="--nodes 5"
 ARGS        ?=
 
-.PHONY: all deps fetch pin image tools test unit e2e fuzz bench bench-disk bench-launch cluster lint gazelle generate clean
+.PHONY: all deps fetch pin image tools test unit e2e fuzz bench bench-disk bench-launch bench-warm cluster lint gazelle generate clean
 
 all: test
 
@@ -61,6 +61,10 @@ bench-disk: deps image tools
 
 bench-launch: deps image tools
 	@./scripts/bench-launch.sh
+
+## bench-warm: restore against cold launch, snapshot time and size, memory of restored clusters
+bench-warm: deps image tools
+	@./scripts/bench-warm.sh
 
 ## cluster: launch the default 3-node cluster (Ctrl-C stops it)
 cluster: deps image tools

@@ -312,8 +312,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	took := time.Since(start)
 	code := 0
+	var snap *snapshotSummary
 	if cfg.snapshotDir != "" {
 		st.Start("Snapshotting into " + cfg.snapshotDir)
+		snapStart := time.Now()
 		info, err := c.Snapshot(ctx, cfg.snapshotDir, cluster.SnapshotOptions{Close: cfg.exitWhenReady})
 		st.End(err == nil)
 		if err != nil {
@@ -322,10 +324,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		st.Logf("   snapshot: %s on disk, %s of device state, nodes paused %s", blockdev.FormatSize(info.Bytes), blockdev.FormatSize(info.StateBytes), info.Paused.Round(time.Millisecond))
+		snap = &snapshotSummary{Dir: info.Dir, Seconds: time.Since(snapStart).Seconds(), Paused: info.Paused.Seconds(),
+			Bytes: info.Bytes, StateBytes: info.StateBytes}
 		if cfg.exitWhenReady {
 			// Snapshot closed the cluster; its files moved into the snapshot.
 			sum := summarize(c, took, res)
-			sum.Snapshot = cfg.snapshotDir
+			sum.Snapshot = snap
 			if cfg.jsonPath != "" {
 				if err := writeJSON(cfg.jsonPath, sum); err != nil {
 					fmt.Fprintf(stderr, "ERROR: %v\n", err)
@@ -336,6 +340,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	sum := summarize(c, took, res)
+	sum.Snapshot = snap
 	printSummary(stdout, sum)
 	if cfg.jsonPath != "" {
 		if err := writeJSON(cfg.jsonPath, sum); err != nil {

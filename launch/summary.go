@@ -25,15 +25,23 @@ type summary struct {
 	RestoredFrom string  `json:"restored_from,omitempty"`
 	TemplateMade bool    `json:"template_made,omitempty"`
 	TemplateSecs float64 `json:"template_seconds,omitempty"`
-	// Snapshot is where --snapshot wrote the cluster.
-	Snapshot   string        `json:"snapshot,omitempty"`
-	Accel      string        `json:"accelerator"`
-	SOCKS5     socksSummary  `json:"socks5"`
-	CA         string        `json:"ca_cert"`
-	ClientCert string        `json:"client_cert"`
-	ClientKey  string        `json:"client_key"`
-	EnvFile    string        `json:"env_file"`
-	Nodes      []nodeSummary `json:"nodes"`
+	// Snapshot is what --snapshot wrote.
+	Snapshot   *snapshotSummary `json:"snapshot,omitempty"`
+	Accel      string           `json:"accelerator"`
+	SOCKS5     socksSummary     `json:"socks5"`
+	CA         string           `json:"ca_cert"`
+	ClientCert string           `json:"client_cert"`
+	ClientKey  string           `json:"client_key"`
+	EnvFile    string           `json:"env_file"`
+	Nodes      []nodeSummary    `json:"nodes"`
+}
+
+type snapshotSummary struct {
+	Dir        string  `json:"dir"`
+	Seconds    float64 `json:"seconds"`        // Snapshot's call, start to end
+	Paused     float64 `json:"paused_seconds"` // how long the nodes were stopped
+	Bytes      int64   `json:"bytes"`          // on disk (allocated)
+	StateBytes int64   `json:"state_bytes"`    // the migration streams
 }
 
 type socksSummary struct {

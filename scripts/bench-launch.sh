@@ -92,7 +92,7 @@ launcher() {
   t0=$(ms)
   # The launcher's own CPU (utime+stime from /proc, sampled until it exits;
   # QEMU, swtpm and nanoswitch are not counted).
-  "$bin/cluster" --nodes "$nodes" --exit-when-ready --json "$work/b$run.json" </dev/null >/dev/null 2>"$work/b$run.err" &
+  "$bin/cluster" --cold --nodes "$nodes" --exit-when-ready --json "$work/b$run.json" </dev/null >/dev/null 2>"$work/b$run.err" &
   local pid=$!
   local cpu=0 stat
   while kill -0 "$pid" 2>/dev/null; do
@@ -120,7 +120,7 @@ if [ "${1:-}" = "--scaling" ]; then
 fi
 
 # A kept cluster gives the command lines, parameters, TPM states and names.
-"$bin/cluster" --nodes "$nodes" --exit-when-ready --keep --state-dir "$work/ref" --json "$work/ref.json" >/dev/null 2>"$work/ref.err" ||
+"$bin/cluster" --cold --nodes "$nodes" --exit-when-ready --keep --state-dir "$work/ref" --json "$work/ref.json" >/dev/null 2>"$work/ref.err" ||
   { cat "$work/ref.err" >&2; exit 1; }
 name=$(sed -n 's/^  "name": "\(.*\)",$/\1/p' "$work/ref.json" | head -n1)
 
