@@ -69,7 +69,6 @@ func drain(ctx context.Context, b disk.Blob) error {
 	return ctx.Err()
 }
 
-
 // synthesizeDisks writes every node's disk and firmware variables at once.
 func (c *Cluster) synthesizeDisks(ctx context.Context) error {
 	start := time.Now()
