@@ -17,12 +17,18 @@ func (c *Cluster) bootNodes(ctx context.Context) error {
 	})
 }
 
-// haltAll stops every node at once.
+// haltAll stops every node at once, each under its lifecycle lock: a
+// lifecycle call in flight ends first (Close ended the cluster's life), and
+// none starts the node afterwards.
 func (c *Cluster) haltAll() error {
 	errs := make([]error, len(c.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range c.Nodes {
-		wg.Go(func() { errs[i] = n.halt() })
+		wg.Go(func() {
+			n.lifecycle.Lock()
+			defer n.lifecycle.Unlock()
+			errs[i] = n.halt()
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)

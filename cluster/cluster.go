@@ -72,6 +72,10 @@ type Cluster struct {
 	// manifest is the snapshot's, for a restore.
 	manifest *Manifest
 
+	// life ends at Close (cause ErrClosed): lifecycle calls in flight stop.
+	life    context.Context
+	endLife context.CancelCauseFunc
+
 	progressMu sync.Mutex // serializes Options.Progress calls
 	mu         sync.Mutex
 	conns      map[connKey]*grpc.ClientConn
@@ -150,6 +154,7 @@ func Launch(ctx context.Context, opts Options) (*Cluster, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	c := &Cluster{Name: o.Name, opts: o, conns: map[connKey]*grpc.ClientConn{}, manifest: m, RestoredFrom: o.Snapshot}
+	c.life, c.endLife = context.WithCancelCause(context.Background())
 	type step struct {
 		name string
 		fn   func(context.Context) error
@@ -313,7 +318,9 @@ func (c *Cluster) dropConns(i int) {
 }
 
 // Close stops every node and helper and removes the state directory unless
-// Options.KeepState. It is safe to call more than once.
+// Options.KeepState. It is safe to call more than once. Lifecycle calls in
+// flight (Start, Stop, Reboot, Kill) end with ErrClosed, and no node starts
+// once Close has begun.
 func (c *Cluster) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -321,6 +328,7 @@ func (c *Cluster) Close() error {
 		return nil
 	}
 	c.closed = true
+	c.endLife(ErrClosed)
 	undo := c.undo
 	c.undo = nil
 	conns := c.conns

@@ -12,16 +12,51 @@ import (
 
 // node returns node i or an error naming the valid range.
 func (c *Cluster) node(i int) (*Node, error) {
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
+	if c.isClosed() {
 		return nil, ErrClosed
 	}
 	if i < 0 || i >= len(c.Nodes) {
 		return nil, fmt.Errorf("node %d: the cluster has nodes 0 to %d", i, len(c.Nodes)-1)
 	}
 	return c.Nodes[i], nil
+}
+
+func (c *Cluster) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// acquire takes node i's lifecycle lock for a Start, Stop, Reboot or Kill,
+// and returns a context that also ends when the cluster closes. Close halts
+// every node under the same lock after setting closed, so a call that gets
+// the lock checks closed and either ends before Close halts its node or does
+// nothing. release unlocks.
+func (c *Cluster) acquire(ctx context.Context, i int) (n *Node, _ context.Context, release func(), err error) {
+	if n, err = c.node(i); err != nil {
+		return nil, nil, nil, err
+	}
+	n.lifecycle.Lock()
+	if c.isClosed() {
+		n.lifecycle.Unlock()
+		return nil, nil, nil, ErrClosed
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(c.life, func() { cancel(ErrClosed) })
+	return n, ctx, func() {
+		stop()
+		cancel(nil)
+		n.lifecycle.Unlock()
+	}, nil
+}
+
+// closedErr is err, or ErrClosed when the cluster closed meanwhile: what
+// failed then failed because of Close.
+func (c *Cluster) closedErr(err error) error {
+	if err != nil && c.isClosed() {
+		return ErrClosed
+	}
+	return err
 }
 
 // gracePeriod is how long Stop waits for a node to power off when asked.
@@ -32,12 +67,11 @@ const gracePeriod = 30 * time.Second
 // within 30 s (or when ctx ends). Its disk, firmware variables and TPM state
 // stay for Start.
 func (c *Cluster) Stop(ctx context.Context, i int) error {
-	n, err := c.node(i)
+	n, ctx, release, err := c.acquire(ctx, i)
 	if err != nil {
 		return err
 	}
-	n.lifecycle.Lock()
-	defer n.lifecycle.Unlock()
+	defer release()
 	vm := n.VM()
 	if vm == nil {
 		return nil
@@ -55,7 +89,7 @@ func (c *Cluster) Stop(ctx context.Context, i int) error {
 	}
 	err = n.halt()
 	n.setState(StateStopped)
-	return err
+	return c.closedErr(err)
 }
 
 // askShutdown asks the node's OS to power off or reboot, falling back on the
@@ -73,27 +107,25 @@ func (c *Cluster) askShutdown(ctx context.Context, n *Node, vm *qemu.VM, reboot 
 
 // Kill stops node i at once, like pulling the power cord.
 func (c *Cluster) Kill(i int) error {
-	n, err := c.node(i)
+	n, _, release, err := c.acquire(context.Background(), i)
 	if err != nil {
 		return err
 	}
-	n.lifecycle.Lock()
-	defer n.lifecycle.Unlock()
+	defer release()
 	err = n.halt()
 	n.setState(StateStopped)
-	return err
+	return c.closedErr(err)
 }
 
 // Start starts a stopped node i again with the same disk, firmware variables
 // and TPM state, and waits until it is ready.
 func (c *Cluster) Start(ctx context.Context, i int) error {
-	n, err := c.node(i)
+	n, ctx, release, err := c.acquire(ctx, i)
 	if err != nil {
 		return err
 	}
-	n.lifecycle.Lock()
-	defer n.lifecycle.Unlock()
-	return c.startLocked(ctx, n)
+	defer release()
+	return c.closedErr(c.startLocked(ctx, n))
 }
 
 func (c *Cluster) startLocked(ctx context.Context, n *Node) error {
@@ -117,12 +149,15 @@ func (c *Cluster) startLocked(ctx context.Context, n *Node) error {
 // if it does not within 30 s, then starts it again with the same disk,
 // firmware variables and TPM state and waits until it is ready.
 func (c *Cluster) Reboot(ctx context.Context, i int) error {
-	n, err := c.node(i)
+	n, ctx, release, err := c.acquire(ctx, i)
 	if err != nil {
 		return err
 	}
-	n.lifecycle.Lock()
-	defer n.lifecycle.Unlock()
+	defer release()
+	return c.closedErr(c.rebootLocked(ctx, n))
+}
+
+func (c *Cluster) rebootLocked(ctx context.Context, n *Node) error {
 	if vm := n.VM(); vm != nil {
 		sctx, cancel := context.WithTimeout(ctx, gracePeriod)
 		if err := c.askShutdown(sctx, n, vm, true); err != nil {
