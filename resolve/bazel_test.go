@@ -20,8 +20,10 @@ package resolve_test
 //     directory in the package's runfiles directory, where rules_go's test
 //     main changes to.
 //
-// There, this test's own binary (re-run as a child) must find every file
-// from the runfiles alone, and RepoRoot must not find the checkout; the test
+// There, this test's own binary (re-run as a child, with the manifest, with
+// the directory, and as `bazel run` runs a binary: no variables, the runfiles
+// beside it) must find every file from the runfiles alone, and RepoRoot must
+// not find the checkout; the test
 // binaries of internal/protogen and internal/testvm (go test -c) must skip
 // what needs the checkout, with a reason, and fail nothing.
 
@@ -152,8 +154,17 @@ func newBazelTree(t *testing.T, checkout string) *bazelTree {
 	return b
 }
 
-// run runs bin as `bazel test` would, in manifest or directory mode.
-func run(t *testing.T, bin, runfiles, pkg string, manifest bool, args ...string) (string, error) {
+// How the simulated Bazel runs a binary.
+type mode int
+
+const (
+	testManifest  mode = iota // bazel test: RUNFILES_MANIFEST_FILE (what rules_go prefers)
+	testDirectory             // bazel test with RUNFILES_DIR only
+	bazelRun                  // bazel run: no variables, the runfiles beside the binary
+)
+
+// run runs bin as `bazel test` or `bazel run` would.
+func run(t *testing.T, bin, runfiles, pkg string, m mode, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = filepath.Join(runfiles, "_main", pkg)
@@ -165,16 +176,21 @@ func run(t *testing.T, bin, runfiles, pkg string, manifest bool, args ...string)
 		}
 		env = append(env, kv)
 	}
-	env = append(env,
-		"TEST_SRCDIR="+runfiles, "TEST_WORKSPACE=_main", "CI=true",
-		// third_party/defs.bzl's E2E_ENV and e2e/BUILD.bazel's env.
+	if m != bazelRun {
+		env = append(env, "TEST_SRCDIR="+runfiles, "TEST_WORKSPACE=_main")
+	} else {
+		cmd.Dir = filepath.Join(runfiles, "_main") // bazel run's working directory
+	}
+	env = append(env, "CI=true",
+		// third_party/defs.bzl's E2E_ENV, e2e/BUILD.bazel's and launch/BUILD.bazel's env.
 		"QCLUSTER_OVMF_CODE=+debian+debian_ovmf/usr/share/OVMF/OVMF_CODE_4M.fd",
 		"QCLUSTER_OVMF_VARS=+debian+debian_ovmf/usr/share/OVMF/OVMF_VARS_4M.fd",
 		"QCLUSTER_CLUSTER=_main/launch/cluster_/cluster",
 		simEnv+"="+runfiles)
-	if manifest {
+	switch m {
+	case testManifest:
 		env = append(env, "RUNFILES_MANIFEST_FILE="+filepath.Join(runfiles, "MANIFEST"))
-	} else {
+	case testDirectory:
 		env = append(env, "RUNFILES_DIR="+runfiles)
 	}
 	cmd.Env = env
@@ -199,10 +215,10 @@ func TestUnderSimulatedBazel(t *testing.T) {
 
 	// resolve itself: every file from the runfiles, no checkout.
 	bin, runfiles := b.testBinary(t, "resolve/resolve_test", self, files)
-	for _, manifest := range []bool{true, false} {
-		out, err := run(t, bin, runfiles, "resolve", manifest, "-test.run=^TestSimulatedBazelChild$", "-test.v")
+	for _, m := range []mode{testManifest, testDirectory, bazelRun} {
+		out, err := run(t, bin, runfiles, "resolve", m, "-test.run=^TestSimulatedBazelChild$", "-test.v")
 		if err != nil || !strings.Contains(out, "--- PASS: TestSimulatedBazelChild") {
-			t.Errorf("manifest=%v: the checks under simulated Bazel failed (%v):\n%s", manifest, err, out)
+			t.Errorf("mode %d: the checks under simulated Bazel failed (%v):\n%s", m, err, out)
 		}
 	}
 
@@ -218,7 +234,7 @@ func TestUnderSimulatedBazel(t *testing.T) {
 			t.Fatalf("go test -c ./%s: %v\n%s", c.pkg, err, out)
 		}
 		bin, runfiles := b.testBinary(t, c.pkg+"/"+filepath.Base(c.pkg)+"_test", exe, files)
-		out, err := run(t, bin, runfiles, c.pkg, true, "-test.run=^"+c.test+"$", "-test.v")
+		out, err := run(t, bin, runfiles, c.pkg, testManifest, "-test.run=^"+c.test+"$", "-test.v")
 		if err != nil || !strings.Contains(out, "--- SKIP: "+c.test) || !strings.Contains(out, "skipped under Bazel") {
 			t.Errorf("%s %s under simulated Bazel: want a skip saying it is under Bazel, got %v:\n%s", c.pkg, c.test, err, out)
 		}

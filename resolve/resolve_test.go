@@ -104,3 +104,30 @@ func TestRepoRoot(t *testing.T) {
 		t.Fatalf("root %s does not hold this package: %v", root, err)
 	}
 }
+
+// TestVariableValues: a relative value is a runfile path first, then a path
+// from the working directory; a value naming nothing is ErrGivenMissing.
+func TestVariableValues(t *testing.T) {
+	dir := t.TempDir()
+	rf := filepath.Join(dir, "runfiles")
+	inRunfiles := touch(t, filepath.Join(rf, "+debian+debian_ovmf/OVMF.fd"))
+	t.Chdir(dir)
+	inCwd := touch(t, filepath.Join(dir, "local/OVMF.fd"))
+	t.Setenv("RUNFILES_MANIFEST_FILE", "")
+	t.Setenv("RUNFILES_DIR", rf)
+	spec := Spec{What: "firmware", Env: "QCLUSTER_TEST_FW"}
+	for _, c := range []struct{ value, want string }{
+		{"+debian+debian_ovmf/OVMF.fd", inRunfiles},
+		{"local/OVMF.fd", inCwd},
+		{inCwd, inCwd},
+	} {
+		t.Setenv("QCLUSTER_TEST_FW", c.value)
+		if got, err := Find(spec); err != nil || got != c.want {
+			t.Errorf("$QCLUSTER_TEST_FW=%s: got %q, %v; want %q", c.value, got, err, c.want)
+		}
+	}
+	t.Setenv("QCLUSTER_TEST_FW", "+debian+debian_ovmf/NONE.fd")
+	if _, err := Find(spec); !errors.Is(err, ErrGivenMissing) || !errors.Is(err, ErrNotFound) {
+		t.Errorf("a value naming nothing: %v; want ErrGivenMissing and ErrNotFound", err)
+	}
+}
