@@ -343,3 +343,53 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestWarmFlags: --snapshot launches cold, --restore leaves what the
+// snapshot decides unset unless typed, and the two do not go together.
+func TestWarmFlags(t *testing.T) {
+	c, err := parseFlags([]string{"--snapshot", "/tmp/s", "--nodes", "2"}, io.Discard)
+	if err != nil || !c.opts.Cold || c.snapshotDir != "/tmp/s" || c.opts.Nodes != 2 {
+		t.Errorf("--snapshot: %+v, %v", c, err)
+	}
+	c, err = parseFlags([]string{"--restore", "/tmp/s"}, io.Discard)
+	if err != nil || c.opts.Snapshot != "/tmp/s" || c.opts.Nodes != 0 || c.opts.Node.MemoryMiB != 0 || c.opts.Node.DiskSize != 0 {
+		t.Errorf("--restore: %+v, %v", c.opts, err)
+	}
+	c, err = parseFlags([]string{"--restore", "/tmp/s", "--memory", "1024"}, io.Discard)
+	if err != nil || c.opts.Node.MemoryMiB != 1024 {
+		t.Errorf("--restore --memory: %+v, %v", c.opts, err)
+	}
+	if _, err := parseFlags([]string{"--restore", "/a", "--snapshot", "/b"}, io.Discard); err == nil || !strings.Contains(err.Error(), "choose one") {
+		t.Errorf("--restore with --snapshot: %v", err)
+	}
+	for _, bad := range []string{"0", "-1GiB", "lots"} {
+		if _, err := parseFlags([]string{"--cache-max", bad}, io.Discard); err == nil {
+			t.Errorf("--cache-max %q accepted", bad)
+		}
+	}
+}
+
+// TestRestoreMissing: restoring a snapshot that is not there is a one-line
+// error and exit 1, with nothing left in the state directory's place.
+func TestRestoreMissing(t *testing.T) {
+	needs.Tool(t, "qemu-system-x86_64", "qemu-system-x86")
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	var stderr bytes.Buffer
+	code := run([]string{"--restore", filepath.Join(dir, "nope"), "--state-dir", state, "--exit-when-ready"}, io.Discard, &stderr)
+	if code != 1 {
+		t.Errorf("exit %d, want 1; stderr:\n%s", code, stderr.String())
+	}
+	var errLines []string
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		if strings.HasPrefix(l, "ERROR:") {
+			errLines = append(errLines, l)
+		}
+	}
+	if len(errLines) != 1 || !strings.Contains(errLines[0], "does not exist") {
+		t.Errorf("want one ERROR line saying the snapshot does not exist; stderr:\n%s", stderr.String())
+	}
+	if _, err := os.Stat(state); err == nil {
+		t.Errorf("state directory %s was made", state)
+	}
+}
