@@ -76,7 +76,8 @@ func TestProcessHygiene(t *testing.T) {
 // swtpm and nanoswitch run (the "Booting nodes" step is done).
 func startBooting(t *testing.T) *command {
 	t.Helper()
-	cmd := newCommand(t, "--accel", "tcg", "--nodes", "1", "--timeout", launchTimeout.String())
+	// Cold: a restore from a template has no boot to interrupt.
+	cmd := newCommand(t, "--accel", "tcg", "--nodes", "1", "--cold", "--timeout", launchTimeout.String())
 	exited := start(t, cmd)
 	waitOutput(t, cmd.Stderr, "✓ Booting nodes", exited, 2*time.Minute)
 	have := map[string]bool{}

@@ -319,3 +319,71 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// TestWarmCommand: `cluster --snapshot DIR --exit-when-ready` and then
+// `cluster --restore DIR --exit-when-ready --json` work as the README shows,
+// leaving nothing behind, and the summary says what was restored.
+func TestWarmCommand(t *testing.T) {
+	needsVMs(t)
+	fix := fixtureDir(t)
+	snap := filepath.Join(fix, "snap")
+	a, b := filepath.Join(fix, "snapshot.json"), filepath.Join(fix, "restore.json")
+	cmd := newCommand(t, "--accel", "tcg", "--nodes", "1", "--no-tpm", "--timeout", launchTimeout.String(),
+		"--snapshot", snap, "--exit-when-ready", "--json", a)
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("--snapshot: %v; stderr:\n%s", err, cmd.Stderr)
+	}
+	if left := cmd.leftovers(); len(left) > 0 {
+		t.Errorf("--snapshot left behind: %q", left)
+	}
+	var made struct {
+		Snapshot struct {
+			Dir        string  `json:"dir"`
+			Seconds    float64 `json:"seconds"`
+			Bytes      int64   `json:"bytes"`
+			StateBytes int64   `json:"state_bytes"`
+		} `json:"snapshot"`
+	}
+	readJSON(t, a, &made)
+	if made.Snapshot.Dir != snap || made.Snapshot.Bytes <= 0 || made.Snapshot.StateBytes <= 0 {
+		t.Errorf("--snapshot summary: %+v", made)
+	}
+	if _, err := cluster.ReadManifest(snap); err != nil {
+		t.Fatal(err)
+	}
+
+	cmd = newCommand(t, "--restore", snap, "--exit-when-ready", "--json", b)
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("--restore: %v; stderr:\n%s", err, cmd.Stderr)
+	}
+	if left := cmd.leftovers(); len(left) > 0 {
+		t.Errorf("--restore left behind: %q", left)
+	}
+	var restored struct {
+		summary
+		Restored     bool   `json:"restored"`
+		RestoredFrom string `json:"restored_from"`
+		Nodes        []struct {
+			State  string  `json:"state"`
+			Loaded float64 `json:"state_loaded_seconds"`
+			Ready  float64 `json:"ready_seconds"`
+		} `json:"nodes"`
+	}
+	readJSON(t, b, &restored)
+	if !restored.Restored || restored.RestoredFrom != snap || len(restored.Nodes) != 1 ||
+		restored.Nodes[0].State != "ready" || restored.Nodes[0].Loaded <= 0 || restored.Nodes[0].Ready < restored.Nodes[0].Loaded {
+		t.Errorf("--restore summary: %+v", restored)
+	}
+	t.Logf("snapshot %.3fs, %d MiB; restore to ready %.3fs", made.Snapshot.Seconds, made.Snapshot.Bytes>>20, restored.LaunchSecs)
+}
+
+func readJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}

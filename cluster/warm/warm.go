@@ -108,7 +108,12 @@ func (c *Cache) Launch(ctx context.Context, opts cluster.Options) (*cluster.Clus
 		}
 		// Another process may have made it while we waited.
 		if !usable(dir, log) {
+			// What a process killed while making this template left.
 			os.RemoveAll(dir)
+			stale, _ := filepath.Glob(filepath.Join(c.Dir, "."+key+".partial-*"))
+			for _, p := range stale {
+				os.RemoveAll(p)
+			}
 			start := time.Now()
 			if err := c.make(ctx, dir, opts); err != nil {
 				return nil, res, err
