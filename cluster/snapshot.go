@@ -64,10 +64,20 @@ func (c *Cluster) snapshot(ctx context.Context, dir string, opts SnapshotOptions
 		return nil, fmt.Errorf("%s already exists: choose a new directory", dir)
 	}
 	// Hold every node still: no Reboot or Stop may run while we look.
+	// Close takes these locks too: unlock before closing.
 	for _, n := range c.Nodes {
 		n.lifecycle.Lock()
-		defer n.lifecycle.Unlock()
 	}
+	locked := true
+	unlock := func() {
+		if locked {
+			for _, n := range c.Nodes {
+				n.lifecycle.Unlock()
+			}
+			locked = false
+		}
+	}
+	defer unlock()
 	c.mu.Lock()
 	closed := c.closed
 	c.mu.Unlock()
@@ -165,6 +175,7 @@ func (c *Cluster) snapshot(ctx context.Context, dir string, opts SnapshotOptions
 	info := &SnapshotInfo{Dir: dir, Paused: time.Since(paused)}
 	if opts.Close {
 		resumed = true
+		unlock()
 		if err := c.Close(); err != nil {
 			return nil, fmt.Errorf("close after snapshot: %w", err)
 		}
