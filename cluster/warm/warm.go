@@ -88,23 +88,25 @@ func (c *Cache) Launch(ctx context.Context, opts cluster.Options) (*cluster.Clus
 		return nil, Result{}, fmt.Errorf("template cache: %w", err)
 	}
 	dir := filepath.Join(c.Dir, key)
-	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	var res Result
+	// Shared: restores. Exclusive: making the template, or removing it.
+	lock, err := lockFile(ctx, dir+".lock", unix.LOCK_SH)
 	if err != nil {
-		return nil, Result{}, fmt.Errorf("template cache: %w", err)
+		return nil, res, err
 	}
 	defer lock.Close() // and so unlocked
 
-	var res Result
-	// Shared: restores. Exclusive: making the template, or removing it.
-	if err := flock(ctx, lock, unix.LOCK_SH); err != nil {
-		return nil, res, err
-	}
 	if !usable(dir, log) {
 		// Let go first: two holders converting shared to exclusive at
 		// once would wait for each other.
 		unix.Flock(int(lock.Fd()), unix.LOCK_UN)
 		if err := flock(ctx, lock, unix.LOCK_EX); err != nil {
 			return nil, res, err
+		}
+		if !current(lock) {
+			// Evicted while we let go: start over.
+			lock.Close()
+			return c.Launch(ctx, opts)
 		}
 		// Another process may have made it while we waited.
 		if !usable(dir, log) {
@@ -208,14 +210,24 @@ func (c *Cache) evict(keep string, log *slog.Logger) {
 	}
 	slices.SortFunc(entries, func(a, b entry) int { return a.used.Compare(b.used) })
 	for _, e := range entries {
-		if total <= max {
-			return
-		}
 		if e.key == keep {
 			continue
 		}
 		f, err := os.OpenFile(filepath.Join(c.Dir, e.key+".lock"), os.O_RDWR, 0)
 		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(c.Dir, e.key)); errors.Is(err, fs.ErrNotExist) && e.key != keep {
+			// A lock left by a template that was never made (its launch
+			// failed): nothing to evict but the lock itself.
+			if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+				os.Remove(f.Name())
+			}
+			f.Close()
+			continue
+		}
+		if total <= max {
+			f.Close()
 			continue
 		}
 		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
@@ -227,6 +239,32 @@ func (c *Cache) evict(keep string, log *slog.Logger) {
 		}
 		f.Close()
 	}
+}
+
+// lockFile opens path and takes lock how on it, making sure the file
+// locked is still the one at path: eviction removes the lock files of the
+// templates it removes, and a lock on a removed file guards nothing.
+func lockFile(ctx context.Context, path string, how int) (*os.File, error) {
+	for {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("template cache: %w", err)
+		}
+		if err := flock(ctx, f, how); err != nil {
+			f.Close()
+			return nil, err
+		}
+		if current(f) {
+			return f, nil
+		}
+		f.Close()
+	}
+}
+
+// current reports whether f is still the file at its path.
+func current(f *os.File) bool {
+	var held, now unix.Stat_t
+	return unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(f.Name(), &now) == nil && held.Ino == now.Ino && held.Dev == now.Dev
 }
 
 // flock takes lock on f, waiting until it is free or ctx ends.
