@@ -199,7 +199,9 @@ func (c *Cluster) writeEnv() error {
 	fmt.Fprintf(&b, "export QCLUSTER_SOCKS5=%s\n", c.SOCKS5.Address)
 	// socks5h: names are resolved by the switch (node0, node0.<domain>).
 	fmt.Fprintf(&b, "export ALL_PROXY=socks5h://%s:%s@%s\n", user, pass, c.SOCKS5.Address)
-	fmt.Fprintf(&b, "export HTTPS_PROXY=$ALL_PROXY\n")
+	// grpc-go (so grpcurl) speaks HTTP CONNECT to whatever HTTPS_PROXY
+	// names; the same port answers it.
+	fmt.Fprintf(&b, "export HTTPS_PROXY=http://%s:%s@%s\n", user, pass, c.SOCKS5.Address)
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "export QCLUSTER_%s=%s\n", strings.ToUpper(n.Name), n.Address)
 	}

@@ -44,9 +44,10 @@ type Config struct {
 	// Default false: the network is hermetic, guests reach only the
 	// cluster's addresses, and unknown names get NXDOMAIN.
 	AllowOutbound bool
-	// SOCKS starts a SOCKS5 server (RFC 1928, username/password
-	// authentication of RFC 1929) on 127.0.0.1 with an ephemeral port.
-	// Default false.
+	// SOCKS starts the host-access port on 127.0.0.1 with an ephemeral
+	// port: SOCKS5 (RFC 1928, username/password authentication of RFC
+	// 1929) and HTTP CONNECT (RFC 9110, Basic proxy authentication) with
+	// the same credentials. Default false.
 	SOCKS bool
 	// SOCKSUsername and SOCKSPassword are its credentials. Default:
 	// the cluster name and 32 random hex digits.

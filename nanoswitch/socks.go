@@ -10,16 +10,22 @@ import (
 	"net/netip"
 	"syscall"
 
+	"github.com/qcluster/qcluster/nanoswitch/httpproxy"
+	"github.com/qcluster/qcluster/nanoswitch/relay"
 	"github.com/qcluster/qcluster/nanoswitch/socks5"
 )
 
-// The SOCKS5 server (package socks5) for tools outside the process: it
-// connects through DialContext, so it reaches the cluster's addresses and
-// names only. Destinations outside the cluster get reply 0x02 (not allowed
-// by ruleset), unknown names in the cluster's domain 0x04 (host
-// unreachable).
+// The host-access port for tools outside the process: SOCKS5 (package
+// socks5) and HTTP CONNECT (package httpproxy) on one loopback port, told
+// apart by the client's first byte (0x05 opens a SOCKS5 greeting; an HTTP
+// request starts with a letter). Both check the same credentials and
+// connect through hostDial, so they reach the cluster's addresses and names
+// only: destinations outside the cluster get SOCKS5 reply 0x02 (not allowed
+// by ruleset) or HTTP 403, unknown names in the cluster's domain 0x04 (host
+// unreachable) or 502.
 
-// SOCKSInfo says how to reach the SOCKS5 server.
+// SOCKSInfo says how to reach the host-access port (SOCKS5 and HTTP
+// CONNECT).
 type SOCKSInfo struct {
 	// Addr is on 127.0.0.1, with a port chosen by the kernel.
 	Addr               netip.AddrPort
@@ -47,35 +53,54 @@ func (s *Switch) startSOCKS() error {
 	if err != nil {
 		return err
 	}
-	srv := &socks5.Server{
-		Username: s.cfg.SOCKSUsername,
-		Password: s.cfg.SOCKSPassword,
-		Dial:     s.socksDial,
-		Logger:   s.cfg.Logger,
+	h := &hostAccess{
+		mux:   relay.NewMux(ln, func(b byte) bool { return b == socks5.Version }, 0),
+		socks: &socks5.Server{Username: s.cfg.SOCKSUsername, Password: s.cfg.SOCKSPassword, Dial: s.hostDial, Logger: s.cfg.Logger},
+		http:  &httpproxy.Server{Username: s.cfg.SOCKSUsername, Password: s.cfg.SOCKSPassword, Dial: s.hostDial, Logger: s.cfg.Logger},
 	}
-	if err := s.goroutines(1); err != nil {
+	if err := s.goroutines(3); err != nil {
 		ln.Close()
 		return err
 	}
-	s.socks = srv
-	s.socksInfo = SOCKSInfo{Addr: ln.Addr().(*net.TCPAddr).AddrPort(), Username: srv.Username, Password: srv.Password}
-	go func() {
-		defer s.wg.Done()
-		if err := srv.Serve(ln); err != nil {
-			s.cfg.Logger.Error("socks5 stopped", "err", err)
-		}
-	}()
-	s.cfg.Logger.Info("socks5 listening", "addr", s.socksInfo.Addr)
+	s.socks = h
+	s.socksInfo = SOCKSInfo{Addr: ln.Addr().(*net.TCPAddr).AddrPort(), Username: s.cfg.SOCKSUsername, Password: s.cfg.SOCKSPassword}
+	for name, serve := range map[string]func() error{
+		"host access": h.mux.Serve,
+		"socks5":      func() error { return h.socks.Serve(h.mux.Matched()) },
+		"http proxy":  func() error { return h.http.Serve(h.mux.Other()) },
+	} {
+		go func() {
+			defer s.wg.Done()
+			if err := serve(); err != nil {
+				s.cfg.Logger.Error(name+" stopped", "err", err)
+			}
+		}()
+	}
+	s.cfg.Logger.Info("host access (socks5, http connect) listening", "addr", s.socksInfo.Addr)
 	return nil
 }
 
-// socksDial is DialContext with the switch's refusals translated into the
-// replies they deserve.
-func (s *Switch) socksDial(ctx context.Context, network, address string) (net.Conn, error) {
+// hostAccess is the host-access port's listener mux and its two servers.
+type hostAccess struct {
+	mux   *relay.Mux
+	socks *socks5.Server
+	http  *httpproxy.Server
+}
+
+func (h *hostAccess) Close() error {
+	err := h.mux.Close()
+	h.socks.Close()
+	h.http.Close()
+	return err
+}
+
+// hostDial is DialContext with the switch's refusals translated into the
+// answers they deserve (relay.ErrNotAllowed: SOCKS5 0x02, HTTP 403).
+func (s *Switch) hostDial(ctx context.Context, network, address string) (net.Conn, error) {
 	c, err := s.DialContext(ctx, network, address)
 	switch {
 	case errors.Is(err, ErrNotCluster):
-		return nil, fmt.Errorf("%w: %w", socks5.ErrNotAllowed, err)
+		return nil, fmt.Errorf("%w: %w", relay.ErrNotAllowed, err)
 	case errors.Is(err, ErrUnknownHost):
 		return nil, fmt.Errorf("%w: %w", syscall.EHOSTUNREACH, err)
 	}

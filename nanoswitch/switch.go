@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -16,8 +17,6 @@ import (
 
 	"google.golang.org/grpc"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	"github.com/qcluster/qcluster/nanoswitch/socks5"
 )
 
 // ErrClosed is returned by methods called after Close.
@@ -59,7 +58,7 @@ type Switch struct {
 	stack    *stack.Stack
 	services []func() error // closers of the servers on the stack
 
-	socks     *socks5.Server
+	socks     io.Closer // the host-access port: SOCKS5 and HTTP CONNECT
 	socksInfo SOCKSInfo
 	control   *grpc.Server
 	controlLn net.Listener

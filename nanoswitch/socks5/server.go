@@ -10,22 +10,21 @@ package socks5
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/qcluster/qcluster/nanoswitch/relay"
 )
 
 // ErrNotAllowed, wrapped in an error of Server.Dial, answers the client with
-// ReplyNotAllowed.
-var ErrNotAllowed = errors.New("destination not allowed")
+// ReplyNotAllowed. It is relay.ErrNotAllowed, shared with the HTTP proxy.
+var ErrNotAllowed = relay.ErrNotAllowed
 
 // Server serves SOCKS5 on the listeners given to Serve.
 type Server struct {
@@ -41,14 +40,7 @@ type Server struct {
 	// Logger receives one line per refused client. Default: discarded.
 	Logger *slog.Logger
 
-	mu     sync.Mutex
-	closed bool
-	lns    map[net.Listener]struct{}
-	conns  map[net.Conn]struct{}
-	// dials holds the cancel functions of dials in progress: Close ends
-	// them rather than wait out their timeouts (a node that is not up yet).
-	dials map[*context.CancelFunc]struct{}
-	wg    sync.WaitGroup
+	group relay.Group
 }
 
 // ReplyCode is the reply for a Dial error: ReplyNotAllowed for ErrNotAllowed,
@@ -72,83 +64,14 @@ func ReplyCode(err error) byte {
 // Serve accepts clients on ln until ln or the server is closed, and
 // returns nil then. Each client is served on a goroutine of its own.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		ln.Close()
-		return nil
-	}
-	if s.lns == nil {
-		s.lns, s.conns, s.dials = map[net.Listener]struct{}{}, map[net.Conn]struct{}{}, map[*context.CancelFunc]struct{}{}
-	}
-	s.lns[ln] = struct{}{}
-	s.mu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			delete(s.lns, ln)
-			closed := s.closed
-			s.mu.Unlock()
-			if closed || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("socks5: accept: %w", err)
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			c.Close()
-			continue
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			s.serveConn(c)
-			c.Close()
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-		}()
-	}
+	return s.group.Serve(ln, "socks5", s.serveConn)
 }
 
 // Close closes the listeners and the clients' connections and waits for
 // the goroutines serving them.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	for ln := range s.lns {
-		ln.Close()
-	}
-	for c := range s.conns {
-		c.Close()
-	}
-	for cancel := range s.dials {
-		(*cancel)()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
+	s.group.Close()
 	return nil
-}
-
-// track registers an upstream connection for Close; false if closed already.
-func (s *Server) track(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	return true
-}
-
-func (s *Server) untrack(c net.Conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.conns, c)
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -184,9 +107,7 @@ func (s *Server) serveConn(c net.Conn) {
 		log.Debug("socks5: authentication", "err", err)
 		return
 	}
-	okUser := subtle.ConstantTimeCompare([]byte(user), []byte(s.Username))
-	okPass := subtle.ConstantTimeCompare([]byte(pass), []byte(s.Password))
-	if okUser&okPass != 1 {
+	if !(relay.Credentials{Username: s.Username, Password: s.Password}).Match(user, pass) {
 		_, _ = c.Write([]byte{authVersion, 1})
 		log.Info("socks5: refused wrong credentials", "user", user)
 		return
@@ -208,18 +129,7 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	target := net.JoinHostPort(req.target(), fmt.Sprint(req.port))
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(timeout))
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		cancel()
-		return
-	}
-	s.dials[&cancel] = struct{}{}
-	s.mu.Unlock()
-	up, err := s.Dial(ctx, "tcp", target)
-	s.mu.Lock()
-	delete(s.dials, &cancel)
-	s.mu.Unlock()
+	up, err := s.group.Dial(ctx, s.Dial, "tcp", target)
 	cancel()
 	_ = c.SetWriteDeadline(time.Now().Add(timeout)) // for the reply, however long Dial took
 	if err != nil {
@@ -227,43 +137,15 @@ func (s *Server) serveConn(c net.Conn) {
 		log.Info("socks5: connect refused", "target", target, "err", err)
 		return
 	}
-	defer up.Close()
-	// Close closes upstream connections too: a splice whose upstream peer
-	// is gone (a VM killed mid-connection) would otherwise read forever.
-	if !s.track(up) {
-		return
-	}
-	defer s.untrack(up)
 	var bound netip.AddrPort
 	if a, ok := up.LocalAddr().(*net.TCPAddr); ok {
 		bound = a.AddrPort()
 	}
 	if _, err := c.Write(encodeReply(ReplySucceeded, bound)); err != nil {
+		up.Close()
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
 	log.Debug("socks5: connected", "target", target)
-	s.splice(c, up)
-}
-
-// splice copies both ways between a and b until both directions end,
-// passing each end of stream on as a half-close.
-func (s *Server) splice(a, b net.Conn) {
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			_ = dst.Close()
-		}
-	}
-	s.wg.Add(1)
-	done := make(chan struct{})
-	go func() {
-		defer s.wg.Done()
-		defer close(done)
-		pipe(b, a)
-	}()
-	pipe(a, b)
-	<-done
+	s.group.Splice(c, up)
 }
