@@ -98,7 +98,9 @@ func testCore(t *testing.T, c *cluster.Cluster) {
 		if n.Index == 0 {
 			role = api.Role_ROLE_BOOTSTRAP
 		}
-		if st.GetNodeName() != n.Name || st.GetClusterName() != c.Name || st.GetRole() != role || st.GetHostname() != n.Name {
+		// The guests' cluster name is the plan's (a restore's own name,
+		// c.Name, is the host's name for it).
+		if st.GetNodeName() != n.Name || st.GetClusterName() != c.Plan.Name || st.GetRole() != role || st.GetHostname() != n.Name {
 			t.Errorf("%s: name %q cluster %q role %v hostname %q", n.Name, st.GetNodeName(), st.GetClusterName(), st.GetRole(), st.GetHostname())
 		}
 		if st.GetSlot() != "A" || st.GetSlotSource() != "efivar" {

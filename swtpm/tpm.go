@@ -109,6 +109,13 @@ func start(ctx context.Context, opts Options) (*TPM, error) {
 		if err := os.MkdirAll(stateDir, 0o700); err != nil {
 			return nil, err
 		}
+		// swtpm creates its lock file group-readable; made first, it
+		// stays private like the state files (--tpmstate mode=0600).
+		if f, err := os.OpenFile(filepath.Join(stateDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600); err != nil {
+			return nil, err
+		} else {
+			f.Close()
+		}
 	} else {
 		done, err := isManufactured(stateDir)
 		if err != nil {
