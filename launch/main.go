@@ -130,6 +130,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("--snapshot and --restore: choose one (a restored cluster cannot be snapshotted; snapshot its template)")
 	case c.snapshotDir != "":
 		o.Cold = true // a snapshot needs a cluster that booted
+		// Its certificates must outlive the snapshot's reuse.
+		o.CertValidity = 365 * 24 * time.Hour
 	}
 	// `bazel run` starts us in the runfiles tree; paths the user typed are
 	// relative to where they typed them.
