@@ -144,7 +144,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	size, err := blockdev.ParseSize(disk)
 	if err != nil || size <= 0 {
-		return nil, fmt.Errorf("--disk %q: want a positive number of bytes, optionally with KiB, MiB, GiB or TiB", disk)
+		return nil, fmt.Errorf("--disk: size %q: want a positive number of bytes, optionally with KiB, MiB, GiB or TiB", disk)
 	}
 	o.Node.DiskSize = size
 	o.Node.NoTPM = noTPM || !*tpm
