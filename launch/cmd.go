@@ -77,7 +77,7 @@ func init() {
 			example: "ssh -o ProxyCommand='cluster connect dev %h %p' root@node0", nodeArgs: 2, flags: connectCmd},
 		{name: "logs", args: "[NAME] [-o FILE.tar.gz]", summary: "every node's console log and QEMU command line, the switch's log, as a .tar.gz",
 			example: "cluster logs dev -o dev-logs.tar.gz", flags: logsCmd},
-		{name: "snapshot", args: "[NAME] DIR", summary: "freeze a ready cluster into a snapshot directory (not yet available)",
+		{name: "snapshot", args: "[NAME] DIR", summary: "freeze a ready cluster into a new snapshot directory; it runs on",
 			example: "cluster snapshot dev ./warm", nodeArgs: 1, flags: snapshotCmd},
 	}
 }
@@ -265,8 +265,23 @@ func parseNode(s string, st *api.ClusterStatus) (int32, error) {
 
 func snapshotCmd(fs *flag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
-		// cluster.Snapshot is being built; this verb becomes a Snapshot call
-		// on the control API (reserved in control.proto) once it lands.
-		return errors.New("snapshots are not available yet (warm clusters are being built)")
+		dir, err := filepath.Abs(e.args[0])
+		if wd := os.Getenv("BUILD_WORKING_DIRECTORY"); wd != "" && !filepath.IsAbs(e.args[0]) {
+			dir = filepath.Join(wd, e.args[0])
+		}
+		if err != nil {
+			return err
+		}
+		return withCluster(ctx, e, func(c *control.Client, st *api.ClusterStatus) error {
+			ps := newStatus(e.stderr, isTerminal(e.stderr))
+			ps.Start(fmt.Sprintf("Snapshotting %s into %s", st.Name, dir))
+			r, err := c.Snapshot(ctx, &api.SnapshotRequest{Dir: dir})
+			ps.End(err == nil)
+			if err != nil {
+				return err
+			}
+			ps.Logf("   %d MiB on disk, nodes paused %.2fs; restore with: %s up --restore %s", r.Bytes>>20, r.PausedSeconds, self(), r.Dir)
+			return nil
+		})
 	}
 }
