@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -12,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,9 +22,13 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/proxy"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/qcluster/qcluster/resolve"
+	"github.com/qcluster/qcluster/testos/api"
 )
 
 // ctl runs cluster subcommands against one registry, as a second terminal
@@ -183,6 +189,35 @@ func TestControl(t *testing.T) {
 		}
 	})
 
+	t.Run("PartitionHeal", func(t *testing.T) {
+		leader := agentClient(t, st)
+		health := func(want bool) time.Duration {
+			t.Helper()
+			start := time.Now()
+			tick := time.NewTicker(250 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				r, err := leader.List(ctx, &api.ListRequest{})
+				cancel()
+				for _, m := range r.GetMembers() {
+					if m.GetName() == "node1" && m.GetHealthy() == want {
+						return time.Since(start)
+					}
+				}
+				if time.Since(start) > healthWithin {
+					t.Fatalf("node1 healthy=%v at the leader not seen within %s: %v %v", want, healthWithin, r.GetMembers(), err)
+				}
+				<-tick.C
+			}
+		}
+		health(true)
+		c.run("partition", name, "node0", "node1")
+		t.Logf("partition → node1 unhealthy at the leader: %s", health(false).Round(10*time.Millisecond))
+		c.run("heal", name)
+		t.Logf("heal → node1 healthy again: %s", health(true).Round(10*time.Millisecond))
+	})
+
 	t.Run("Console", func(t *testing.T) {
 		ptm, pts := openPTY(t)
 		defer ptm.Close()
@@ -299,6 +334,47 @@ func TestControl(t *testing.T) {
 	if _, err := os.Stat(st.StateDir); !os.IsNotExist(err) {
 		t.Errorf("state directory left after down: %v", err)
 	}
+}
+
+// agentClient calls node0's Membership service through the host-access
+// proxy (SOCKS5 here; grpcurl covers CONNECT), with the env file's
+// credentials and the owner's certificate.
+func agentClient(t *testing.T, st ctlStatus) api.MembershipClient {
+	t.Helper()
+	env, err := os.ReadFile(st.EnvFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(env), "HTTPS_PROXY=")
+	u, err := url.Parse(strings.TrimSpace(strings.SplitN(rest, "\n", 2)[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass, _ := u.User.Password()
+	d, err := proxy.SOCKS5("tcp", u.Host, &proxy.Auth{User: u.User.Username(), Password: pass}, proxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(st.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cert, err := tls.LoadX509KeyPair(st.Cert, st.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("passthrough:///node0:7443",
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "node0"})),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.(proxy.ContextDialer).DialContext(ctx, "tcp", addr)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return api.NewMembershipClient(conn)
 }
 
 func zombie(pid int) bool {
