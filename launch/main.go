@@ -33,11 +33,13 @@ import (
 	"github.com/qcluster/qcluster/testos/profile"
 )
 
-const usage = `Usage: cluster [flags]
+const usage = `Usage: cluster [up] [flags]
 
 Launches a cluster of QEMU VMs (q35, OVMF, virtio; KVM where usable, TCG
 where not) from an OS image in OCI form, one fresh disk and one swtpm TPM per
 node and a virtual switch between them, and waits until every node is ready.
+With --detach it then returns, leaving the cluster running in the background;
+other commands (cluster --help lists them) work with it by its --name.
 
 Examples:
   cluster                                   3 nodes of the default image (make image)
