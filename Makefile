@@ -7,6 +7,7 @@ GOTESTFLAGS ?=
 FUZZTIME    ?= 10s
 # Flags for `make cluster`, e.g. make cluster ARGS="--nodes 5"
 ARGS        ?=
+GRPCURL     ?= github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 
 .PHONY: all deps fetch pin image tools test unit e2e fuzz bench bench-disk bench-launch bench-warm cluster lint gazelle generate clean
 
@@ -32,6 +33,9 @@ image: fetch
 tools:
 	@$(GO) build -o $(OUT)/bin/nanoswitch ./nanoswitch/cmd/nanoswitch
 	@$(GO) build -o $(OUT)/bin/cluster ./launch
+	@# grpcurl, for the e2e test that runs the summary's grpcurl line as printed. Installed here
+	@# rather than as a go.mod tool: its dependencies would join everyone's module graph.
+	@GOBIN=$(abspath $(OUT))/bin GOFLAGS=-buildvcs=false $(GO) install $(GRPCURL)
 
 ## test: everything CI runs: vet, lint, unit and end-to-end tests, short fuzz runs
 test: deps image tools
@@ -81,7 +85,7 @@ gazelle:
 
 ## generate: regenerate committed generated code (protobuf)
 generate:
-	$(GO) generate ./testos/... ./nanoswitch/...
+	$(GO) generate ./testos/... ./nanoswitch/... ./control/...
 
 clean:
 	rm -rf $(OUT)

@@ -150,17 +150,21 @@ func nodeStatus(n *cluster.Node) *api.NodeStatus {
 
 // Status describes the cluster.
 func (s *Server) Status(context.Context, *api.StatusRequest) (*api.ClusterStatus, error) {
-	c := s.c
+	return StatusOf(s.c, s.info), nil
+}
+
+// StatusOf describes c as Status does, for the launcher's own summary.
+func StatusOf(c *cluster.Cluster, info Info) *api.ClusterStatus {
 	st := &api.ClusterStatus{
 		Name: c.Name, StateDir: c.StateDir, LogDir: c.LogDir, Accelerator: c.Accel,
-		Pid: int64(os.Getpid()), StartedUnix: s.info.Started.Unix(), LaunchSeconds: s.info.LaunchTook.Seconds(),
-		Ready: s.info.Ready, ProxyAddress: c.SOCKS5.Address, CredentialsFile: c.SOCKS5.CredentialsFile,
+		Pid: int64(os.Getpid()), StartedUnix: info.Started.Unix(), LaunchSeconds: info.LaunchTook.Seconds(),
+		Ready: info.Ready, ProxyAddress: c.SOCKS5.Address, CredentialsFile: c.SOCKS5.CredentialsFile,
 		CaCert: c.Files.CA, ClientCert: c.Files.ClientCert, ClientKey: c.Files.ClientKey, EnvFile: c.Files.Env,
 	}
 	for _, n := range c.Nodes {
 		st.Nodes = append(st.Nodes, nodeStatus(n))
 	}
-	return st, nil
+	return st
 }
 
 // Down asks the launcher to tear down.

@@ -252,3 +252,15 @@ func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// Snapshot freezes the cluster into r.Dir and keeps it running.
+func (s *Server) Snapshot(ctx context.Context, r *api.SnapshotRequest) (*api.SnapshotResponse, error) {
+	if !filepath.IsAbs(r.Dir) {
+		return nil, status.Errorf(codes.InvalidArgument, "snapshot directory %q: want an absolute path", r.Dir)
+	}
+	info, err := s.c.Snapshot(ctx, r.Dir, cluster.SnapshotOptions{})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &api.SnapshotResponse{Dir: info.Dir, PausedSeconds: info.Paused.Seconds(), Bytes: info.Bytes, StateBytes: info.StateBytes}, nil
+}

@@ -33,11 +33,13 @@ import (
 	"github.com/qcluster/qcluster/testos/profile"
 )
 
-const usage = `Usage: cluster [flags]
+const usage = `Usage: cluster [up] [flags]
 
 Launches a cluster of QEMU VMs (q35, OVMF, virtio; KVM where usable, TCG
 where not) from an OS image in OCI form, one fresh disk and one swtpm TPM per
 node and a virtual switch between them, and waits until every node is ready.
+With --detach it then returns, leaving the cluster running in the background;
+other commands (cluster --help lists them) work with it by its --name.
 
 Examples:
   cluster                                   3 nodes of the default image (make image)
@@ -75,6 +77,7 @@ type config struct {
 	snapshotDir   string // --snapshot
 	cacheDir      string
 	cacheMax      int64
+	detach        bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -102,6 +105,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.readySpec, "ready", "testos", "readiness probe: testos, grpc-health:PORT[:tls], tcp:PORT, console:REGEXP")
 	fs.StringVar(&c.jsonPath, "json", "", "write a machine-readable summary to this file")
 	fs.BoolVar(&c.exitWhenReady, "exit-when-ready", false, "tear down and exit 0 once every node is ready")
+	fs.StringVar(&o.Name, "name", "", "cluster name, by which other commands find it (default: qc and 6 hex digits)")
+	fs.BoolVar(&c.detach, "detach", false, "return once every node is ready, leaving the cluster running in the background (cluster down NAME stops it)")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn, error")
 	fs.StringVar(&o.QEMU, "qemu", "", "path of qemu-system-x86_64 (default: found on PATH)")
 	fs.StringVar(&o.Swtpm, "swtpm", "", "path of swtpm (default: found on PATH)")
@@ -119,6 +124,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			fs.PrintDefaults()
 		}
 		return nil, err
+	}
+	if c.detach && c.exitWhenReady {
+		return nil, errors.New("--detach and --exit-when-ready: give one (a detached cluster runs until cluster down)")
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flags only; see --help)", fs.Arg(0))
@@ -231,7 +239,7 @@ func parseReady(spec string) (cluster.Profile, error) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(dispatch(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // run is main without the exit, for tests.
@@ -249,12 +257,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cluster: --log-level %q: want debug, info, warn or error\n", cfg.logLevel)
 		return 2
 	}
+	bg, _ := stderr.(*detachedChild)
+	if cfg.detach && bg == nil {
+		return runDetached(args, stderr)
+	}
 	fancy := false
 	if f, ok := stderr.(*os.File); ok {
 		fancy = capableTerminal(f)
 	}
+	if bg != nil {
+		fancy = os.Getenv(detachedFancyEnv) != ""
+	}
+	if err := checkName(cfg.opts.Name); err != nil {
+		fmt.Fprintf(stderr, "cluster: %v\n", err)
+		return 2
+	}
 	st := newStatus(stderr, fancy)
-	cfg.opts.Logger = slog.New(slog.NewTextHandler(lineWriter{st}, &slog.HandlerOptions{Level: level}))
+	cfg.opts.Logger = slog.New(newNoticeHandler(st, level))
 	cfg.opts.Progress = progressPrinter(st, cfg.opts.Nodes)
 
 	// The first SIGINT or SIGTERM cancels the launch or ends the wait, and
@@ -330,7 +349,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			Bytes: info.Bytes, StateBytes: info.StateBytes}
 		if cfg.exitWhenReady {
 			// Snapshot closed the cluster; its files moved into the snapshot.
-			sum := summarize(c, took, res)
+			sum := summarize(c, cfg.readySpec, took, res)
 			sum.Snapshot = snap
 			if cfg.jsonPath != "" {
 				if err := writeJSON(cfg.jsonPath, sum); err != nil {
@@ -341,9 +360,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 	}
-	sum := summarize(c, took, res)
+	sum := summarize(c, cfg.readySpec, took, res)
 	sum.Snapshot = snap
-	printSummary(stdout, sum)
+	printSummary(stderr, sum)
+	ctl, err := startControl(c, cfg.readySpec, start, took, cfg.opts.Logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "ERROR: control API: %v\n", err)
+		c.Close()
+		return 1
+	}
+	defer ctl.Close()
 	if cfg.jsonPath != "" {
 		if err := writeJSON(cfg.jsonPath, sum); err != nil {
 			fmt.Fprintf(stderr, "ERROR: %v\n", err)
@@ -351,10 +377,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if code == 0 && !cfg.exitWhenReady {
-		fmt.Fprintln(stderr, "Press Ctrl-C to stop the cluster.")
-		<-ctx.Done()
-		code = int(interrupted.Load())
+		if bg != nil {
+			fmt.Fprintf(stderr, "Running in the background (pid %d); %s down %s stops it.\n", os.Getpid(), self(), c.Name)
+			bg.detach(c.LogDir)
+		} else {
+			fmt.Fprintf(stderr, "Press Ctrl-C to stop the cluster (or run %s down %s).\n", self(), c.Name)
+		}
+		select {
+		case <-ctx.Done():
+			code = int(interrupted.Load())
+		case <-ctl.Down():
+		}
 	}
+	ctl.Close() // from here on, no command finds the cluster
 	t := time.Now()
 	st.Start("Tearing down")
 	err = c.Close()

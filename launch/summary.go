@@ -5,15 +5,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/cluster/warm"
+	"github.com/qcluster/qcluster/control/api"
 	"github.com/qcluster/qcluster/internal/atomicfile"
+	"github.com/qcluster/qcluster/testos/profile"
 )
 
-// summary is what --json writes and the table shows.
+// summary is what --json writes, status --json prints and the table shows.
 type summary struct {
 	Name       string  `json:"name"`
 	StateDir   string  `json:"state_dir"`
@@ -28,6 +32,8 @@ type summary struct {
 	// Snapshot is what --snapshot wrote.
 	Snapshot   *snapshotSummary `json:"snapshot,omitempty"`
 	Accel      string           `json:"accelerator"`
+	Ready      string           `json:"ready"` // the --ready probe, for example commands
+	PID        int              `json:"pid"`   // the launcher's
 	SOCKS5     socksSummary     `json:"socks5"`
 	CA         string           `json:"ca_cert"`
 	ClientCert string           `json:"client_cert"`
@@ -44,6 +50,8 @@ type snapshotSummary struct {
 	StateBytes int64   `json:"state_bytes"`    // the migration streams
 }
 
+// socksSummary is the host-access proxy, which speaks SOCKS5 and HTTP
+// CONNECT on one port (the JSON name predates CONNECT).
 type socksSummary struct {
 	Address         string `json:"address"`
 	CredentialsFile string `json:"credentials_file"`
@@ -68,9 +76,11 @@ type nodeSummary struct {
 	CommandLine string  `json:"command_line"`
 }
 
-func summarize(c *cluster.Cluster, took time.Duration, res warm.Result) summary {
+func summarize(c *cluster.Cluster, ready string, took time.Duration, res warm.Result) summary {
 	s := summary{
 		Name:       c.Name,
+		Ready:      ready,
+		PID:        os.Getpid(),
 		StateDir:   c.StateDir,
 		LogDir:     c.LogDir,
 		LaunchSecs: took.Seconds(),
@@ -111,6 +121,34 @@ func printSummary(w io.Writer, s summary) {
 		}
 	}
 	fmt.Fprintf(w, "\nCluster %q is ready (%s, %.1fs%s).\n\n", s.Name, s.Accel, s.LaunchSecs, how)
+	printBody(w, s)
+}
+
+// summaryOf turns the control API's status into the summary.
+func summaryOf(st *api.ClusterStatus) summary {
+	s := summary{
+		Name: st.Name, StateDir: st.StateDir, LogDir: st.LogDir, LaunchSecs: st.LaunchSeconds, Accel: st.Accelerator,
+		Ready: st.Ready, PID: int(st.Pid),
+		SOCKS5: socksSummary{Address: st.ProxyAddress, CredentialsFile: st.CredentialsFile},
+		CA:     st.CaCert, ClientCert: st.ClientCert, ClientKey: st.ClientKey, EnvFile: st.EnvFile,
+	}
+	for _, n := range st.Nodes {
+		s.Nodes = append(s.Nodes, nodeSummary{
+			Name: n.Name, FQDN: n.Fqdn, Address: n.Address, MAC: n.Mac, State: n.State, TPM: n.Tpm,
+			EKSHA256: n.TpmEkCertificateSha256, DiskSecs: n.DiskReadySeconds, StartSecs: n.QemuStartedSeconds,
+			ReadySecs: n.ReadySeconds, SerialLog: n.SerialLog, CommandLine: n.CommandLine,
+		})
+	}
+	return s
+}
+
+// printStatus is what status prints.
+func printStatus(w io.Writer, s summary) {
+	fmt.Fprintf(w, "Cluster %q (%s, launcher pid %d, state %s)\n\n", s.Name, s.Accel, s.PID, s.StateDir)
+	printBody(w, s)
+}
+
+func printBody(w io.Writer, s summary) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tTPM\tREADY\tSERIAL LOG")
 	for _, n := range s.Nodes {
@@ -121,12 +159,50 @@ func printSummary(w io.Writer, s summary) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1fs\t%s\n", n.Name, n.Address, n.State, tpm, n.ReadySecs, n.SerialLog)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\nReach the nodes through SOCKS5 on %s (credentials in %s):\n", s.SOCKS5.Address, s.SOCKS5.CredentialsFile)
-	fmt.Fprintf(w, "  source %s\n", s.EnvFile)
-	if len(s.Nodes) > 0 {
-		fmt.Fprintf(w, "  grpcurl -cacert \"$QCLUSTER_CA\" -cert \"$QCLUSTER_CERT\" -key \"$QCLUSTER_KEY\" %s:7443 list\n", s.Nodes[0].Address)
+	if len(s.Nodes) == 0 {
+		return
 	}
-	fmt.Fprintf(w, "  (grpcurl and curl honour ALL_PROXY=socks5://… from the env file)\n\n")
+	fmt.Fprintf(w, "\nReach the nodes through the proxy on %s (SOCKS5 and HTTP CONNECT; credentials in %s):\n", s.SOCKS5.Address, s.SOCKS5.CredentialsFile)
+	for _, l := range exampleLines(s, self()) {
+		fmt.Fprintf(w, "  %s\n", l)
+	}
+	fmt.Fprintln(w)
+}
+
+// exampleLines are commands that work as printed for the cluster's
+// readiness probe: a client of the port the nodes are known to serve.
+func exampleLines(s summary, self string) []string {
+	n0 := s.Nodes[0]
+	lines := []string{"source " + s.EnvFile}
+	kind, arg, _ := strings.Cut(s.Ready, ":")
+	port, tlsOpt, _ := strings.Cut(arg, ":")
+	switch kind {
+	case "testos", "":
+		lines = append(lines, fmt.Sprintf(`grpcurl -cacert "$QCLUSTER_CA" -cert "$QCLUSTER_CERT" -key "$QCLUSTER_KEY" %s:%d list`, n0.Address, profile.DefaultPort))
+	case "grpc-health":
+		sec := "-plaintext"
+		if tlsOpt == "tls" {
+			sec = "-insecure"
+		}
+		lines = append(lines, fmt.Sprintf("grpcurl %s %s:%s grpc.health.v1.Health/Check", sec, n0.Address, port))
+	case "tcp":
+		if port == "22" {
+			lines = append(lines, fmt.Sprintf("ssh -o ProxyCommand='%s connect %s %%h %%p' %s", self, s.Name, n0.Name))
+		} else {
+			lines = append(lines, fmt.Sprintf("%s connect %s %s %s", self, s.Name, n0.Name, port))
+		}
+	}
+	return append(lines, fmt.Sprintf("%s console %s %s    (Ctrl-] detaches)", self, s.Name, n0.Name))
+}
+
+// self is how the user ran this command, for example lines: the path they
+// typed, or "cluster" when it is not a stable path (go run).
+func self() string {
+	a := os.Args[0]
+	if !strings.Contains(a, "/") || strings.Contains(a, "go-build") {
+		return "cluster"
+	}
+	return a
 }
 
 func writeJSON(path string, s summary) error {

@@ -966,6 +966,119 @@ func (*LogsRequest) Descriptor() ([]byte, []int) {
 	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
+type SnapshotRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An absolute path that must not exist yet.
+	Dir           string `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_control_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SnapshotRequest) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+type SnapshotResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Dir           string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`
+	PausedSeconds float64                `protobuf:"fixed64,2,opt,name=paused_seconds,json=pausedSeconds,proto3" json:"paused_seconds,omitempty"`
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	StateBytes    int64                  `protobuf:"varint,4,opt,name=state_bytes,json=stateBytes,proto3" json:"state_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotResponse) Reset() {
+	*x = SnapshotResponse{}
+	mi := &file_control_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotResponse) ProtoMessage() {}
+
+func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
+func (*SnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SnapshotResponse) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *SnapshotResponse) GetPausedSeconds() float64 {
+	if x != nil {
+		return x.PausedSeconds
+	}
+	return 0
+}
+
+func (x *SnapshotResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *SnapshotResponse) GetStateBytes() int64 {
+	if x != nil {
+		return x.StateBytes
+	}
+	return 0
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
@@ -1036,7 +1149,15 @@ const file_control_proto_rawDesc = "" +
 	"\x04data\x18\x03 \x01(\fR\x04data\"\x1a\n" +
 	"\x04Data\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"\r\n" +
-	"\vLogsRequest2\x94\b\n" +
+	"\vLogsRequest\"#\n" +
+	"\x0fSnapshotRequest\x12\x10\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\"\x82\x01\n" +
+	"\x10SnapshotResponse\x12\x10\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\x12%\n" +
+	"\x0epaused_seconds\x18\x02 \x01(\x01R\rpausedSeconds\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\x12\x1f\n" +
+	"\vstate_bytes\x18\x04 \x01(\x03R\n" +
+	"stateBytes2\xed\b\n" +
 	"\aControl\x12P\n" +
 	"\x06Status\x12\".qcluster.control.v1.StatusRequest\x1a\".qcluster.control.v1.ClusterStatus\x12K\n" +
 	"\x04Down\x12 .qcluster.control.v1.DownRequest\x1a!.qcluster.control.v1.DownResponse\x12M\n" +
@@ -1050,7 +1171,8 @@ const file_control_proto_rawDesc = "" +
 	"\x04Heal\x12 .qcluster.control.v1.HealRequest\x1a\".qcluster.control.v1.FaultResponse\x12T\n" +
 	"\aConsole\x12!.qcluster.control.v1.ConsoleInput\x1a\".qcluster.control.v1.ConsoleOutput(\x010\x01\x12K\n" +
 	"\aConnect\x12!.qcluster.control.v1.ConnectInput\x1a\x19.qcluster.control.v1.Data(\x010\x01\x12E\n" +
-	"\x04Logs\x12 .qcluster.control.v1.LogsRequest\x1a\x19.qcluster.control.v1.Data0\x01B*Z(github.com/qcluster/qcluster/control/apib\x06proto3"
+	"\x04Logs\x12 .qcluster.control.v1.LogsRequest\x1a\x19.qcluster.control.v1.Data0\x01\x12W\n" +
+	"\bSnapshot\x12$.qcluster.control.v1.SnapshotRequest\x1a%.qcluster.control.v1.SnapshotResponseB*Z(github.com/qcluster/qcluster/control/apib\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1064,7 +1186,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_control_proto_goTypes = []any{
 	(*StatusRequest)(nil),    // 0: qcluster.control.v1.StatusRequest
 	(*ClusterStatus)(nil),    // 1: qcluster.control.v1.ClusterStatus
@@ -1082,6 +1204,8 @@ var file_control_proto_goTypes = []any{
 	(*ConnectInput)(nil),     // 13: qcluster.control.v1.ConnectInput
 	(*Data)(nil),             // 14: qcluster.control.v1.Data
 	(*LogsRequest)(nil),      // 15: qcluster.control.v1.LogsRequest
+	(*SnapshotRequest)(nil),  // 16: qcluster.control.v1.SnapshotRequest
+	(*SnapshotResponse)(nil), // 17: qcluster.control.v1.SnapshotResponse
 }
 var file_control_proto_depIdxs = []int32{
 	2,  // 0: qcluster.control.v1.ClusterStatus.nodes:type_name -> qcluster.control.v1.NodeStatus
@@ -1099,21 +1223,23 @@ var file_control_proto_depIdxs = []int32{
 	11, // 12: qcluster.control.v1.Control.Console:input_type -> qcluster.control.v1.ConsoleInput
 	13, // 13: qcluster.control.v1.Control.Connect:input_type -> qcluster.control.v1.ConnectInput
 	15, // 14: qcluster.control.v1.Control.Logs:input_type -> qcluster.control.v1.LogsRequest
-	1,  // 15: qcluster.control.v1.Control.Status:output_type -> qcluster.control.v1.ClusterStatus
-	4,  // 16: qcluster.control.v1.Control.Down:output_type -> qcluster.control.v1.DownResponse
-	6,  // 17: qcluster.control.v1.Control.Reboot:output_type -> qcluster.control.v1.NodeResponse
-	6,  // 18: qcluster.control.v1.Control.Stop:output_type -> qcluster.control.v1.NodeResponse
-	6,  // 19: qcluster.control.v1.Control.Start:output_type -> qcluster.control.v1.NodeResponse
-	6,  // 20: qcluster.control.v1.Control.Kill:output_type -> qcluster.control.v1.NodeResponse
-	10, // 21: qcluster.control.v1.Control.Partition:output_type -> qcluster.control.v1.FaultResponse
-	10, // 22: qcluster.control.v1.Control.Isolate:output_type -> qcluster.control.v1.FaultResponse
-	10, // 23: qcluster.control.v1.Control.Degrade:output_type -> qcluster.control.v1.FaultResponse
-	10, // 24: qcluster.control.v1.Control.Heal:output_type -> qcluster.control.v1.FaultResponse
-	12, // 25: qcluster.control.v1.Control.Console:output_type -> qcluster.control.v1.ConsoleOutput
-	14, // 26: qcluster.control.v1.Control.Connect:output_type -> qcluster.control.v1.Data
-	14, // 27: qcluster.control.v1.Control.Logs:output_type -> qcluster.control.v1.Data
-	15, // [15:28] is the sub-list for method output_type
-	2,  // [2:15] is the sub-list for method input_type
+	16, // 15: qcluster.control.v1.Control.Snapshot:input_type -> qcluster.control.v1.SnapshotRequest
+	1,  // 16: qcluster.control.v1.Control.Status:output_type -> qcluster.control.v1.ClusterStatus
+	4,  // 17: qcluster.control.v1.Control.Down:output_type -> qcluster.control.v1.DownResponse
+	6,  // 18: qcluster.control.v1.Control.Reboot:output_type -> qcluster.control.v1.NodeResponse
+	6,  // 19: qcluster.control.v1.Control.Stop:output_type -> qcluster.control.v1.NodeResponse
+	6,  // 20: qcluster.control.v1.Control.Start:output_type -> qcluster.control.v1.NodeResponse
+	6,  // 21: qcluster.control.v1.Control.Kill:output_type -> qcluster.control.v1.NodeResponse
+	10, // 22: qcluster.control.v1.Control.Partition:output_type -> qcluster.control.v1.FaultResponse
+	10, // 23: qcluster.control.v1.Control.Isolate:output_type -> qcluster.control.v1.FaultResponse
+	10, // 24: qcluster.control.v1.Control.Degrade:output_type -> qcluster.control.v1.FaultResponse
+	10, // 25: qcluster.control.v1.Control.Heal:output_type -> qcluster.control.v1.FaultResponse
+	12, // 26: qcluster.control.v1.Control.Console:output_type -> qcluster.control.v1.ConsoleOutput
+	14, // 27: qcluster.control.v1.Control.Connect:output_type -> qcluster.control.v1.Data
+	14, // 28: qcluster.control.v1.Control.Logs:output_type -> qcluster.control.v1.Data
+	17, // 29: qcluster.control.v1.Control.Snapshot:output_type -> qcluster.control.v1.SnapshotResponse
+	16, // [16:30] is the sub-list for method output_type
+	2,  // [2:16] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -1130,7 +1256,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

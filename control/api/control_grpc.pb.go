@@ -39,6 +39,7 @@ const (
 	Control_Console_FullMethodName   = "/qcluster.control.v1.Control/Console"
 	Control_Connect_FullMethodName   = "/qcluster.control.v1.Control/Connect"
 	Control_Logs_FullMethodName      = "/qcluster.control.v1.Control/Logs"
+	Control_Snapshot_FullMethodName  = "/qcluster.control.v1.Control/Snapshot"
 )
 
 // ControlClient is the client API for Control service.
@@ -73,6 +74,9 @@ type ControlClient interface {
 	// Logs streams a gzip-compressed tar of every node's console log and
 	// QEMU command line, the switch's log and packet captures.
 	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Data], error)
+	// Snapshot freezes the ready cluster into a new directory on the
+	// launcher's machine (cluster.Snapshot); the cluster runs on.
+	Snapshot(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (*SnapshotResponse, error)
 }
 
 type controlClient struct {
@@ -228,6 +232,16 @@ func (c *controlClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_LogsClient = grpc.ServerStreamingClient[Data]
 
+func (c *controlClient) Snapshot(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (*SnapshotResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SnapshotResponse)
+	err := c.cc.Invoke(ctx, Control_Snapshot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -260,6 +274,9 @@ type ControlServer interface {
 	// Logs streams a gzip-compressed tar of every node's console log and
 	// QEMU command line, the switch's log and packet captures.
 	Logs(*LogsRequest, grpc.ServerStreamingServer[Data]) error
+	// Snapshot freezes the ready cluster into a new directory on the
+	// launcher's machine (cluster.Snapshot); the cluster runs on.
+	Snapshot(context.Context, *SnapshotRequest) (*SnapshotResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -308,6 +325,9 @@ func (UnimplementedControlServer) Connect(grpc.BidiStreamingServer[ConnectInput,
 }
 func (UnimplementedControlServer) Logs(*LogsRequest, grpc.ServerStreamingServer[Data]) error {
 	return status.Errorf(codes.Unimplemented, "method Logs not implemented")
+}
+func (UnimplementedControlServer) Snapshot(context.Context, *SnapshotRequest) (*SnapshotResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Snapshot not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -535,6 +555,24 @@ func _Control_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_LogsServer = grpc.ServerStreamingServer[Data]
 
+func _Control_Snapshot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SnapshotRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Snapshot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Snapshot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Snapshot(ctx, req.(*SnapshotRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -581,6 +619,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Heal",
 			Handler:    _Control_Heal_Handler,
+		},
+		{
+			MethodName: "Snapshot",
+			Handler:    _Control_Snapshot_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	"github.com/qcluster/qcluster/internal/atomicfile"
@@ -43,6 +44,9 @@ func (n *node) serve(ctx context.Context, log *slog.Logger, lis net.Listener) (*
 	healthpb.RegisterHealthServer(srv, hs)
 	api.RegisterNodeServiceServer(srv, &nodeServer{n: n})
 	api.RegisterManagementServer(srv, &managementServer{n: n})
+	// Reflection lets grpcurl and other generic clients list and call the
+	// services without the .proto (behind the same mutual TLS).
+	reflection.Register(srv)
 	services := []string{api.NodeService_ServiceDesc.ServiceName, api.Management_ServiceDesc.ServiceName}
 
 	self := func() *api.JoinRequest {
