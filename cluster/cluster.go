@@ -38,6 +38,7 @@ import (
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/qcluster/qcluster/nanoswitch/client"
 	"github.com/qcluster/qcluster/swtpm"
 )
 
@@ -67,7 +68,7 @@ type Cluster struct {
 	host    hostTools
 	inputs  diskInputs
 	sockDir string
-	net     *network
+	net     *client.Switch // the cluster's switch process and its control client
 	tpmCA   *swtpm.CA
 	// manifest is the snapshot's, for a restore.
 	manifest *Manifest

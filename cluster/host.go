@@ -2,12 +2,6 @@ package cluster
 
 import (
 	"context"
-	"fmt"
-	"io/fs"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 
 	"github.com/qcluster/qcluster/qemu"
 	"github.com/qcluster/qcluster/resolve"
@@ -15,9 +9,10 @@ import (
 
 // hostTools are the programs and firmware found on the host.
 type hostTools struct {
-	qemu, swtpm, swtpmSetup, nanoswitch string
-	ovmf                                qemu.OVMF
-	image, loader                       string
+	qemu, swtpm, swtpmSetup string
+	switchCommand           []string // argv prefix of the nanoswitch command
+	ovmf                    qemu.OVMF
+	image, loader           string
 }
 
 // checkHost finds every program and file the launch needs, before anything
@@ -51,8 +46,12 @@ func (c *Cluster) checkHost(ctx context.Context) error {
 			return err
 		}
 	}
-	if h.nanoswitch, err = findNanoswitch(ctx, o.Nanoswitch); err != nil {
-		return err
+	if h.switchCommand = o.SwitchCommand; len(h.switchCommand) == 0 {
+		bin, err := resolve.Find(resolve.Nanoswitch(o.Nanoswitch))
+		if err != nil {
+			return err
+		}
+		h.switchCommand = []string{bin}
 	}
 	accel, err := qemu.DetectAccel(qemu.Accel(o.Accel))
 	if err != nil {
@@ -72,52 +71,4 @@ func (c *Cluster) needsTPM() bool {
 		}
 	}
 	return false
-}
-
-// findNanoswitch finds the nanoswitch command, building it from this
-// repository with the go command as a last resort (go run / go test without
-// make; make builds out/bin/nanoswitch).
-func findNanoswitch(ctx context.Context, explicit string) (string, error) {
-	p, err := resolve.Find(resolve.Nanoswitch(explicit))
-	root, rerr := resolve.RepoRoot()
-	out := filepath.Join(root, "out", "bin", "nanoswitch")
-	if explicit != "" || (err == nil && (rerr != nil || p != out || !staleBinary(root, out))) {
-		return p, err
-	}
-	gobin, gerr := exec.LookPath("go")
-	if rerr != nil || gerr != nil {
-		if err == nil {
-			return p, nil // stale, but nothing to rebuild it with
-		}
-		return "", err
-	}
-	build := exec.CommandContext(ctx, gobin, "build", "-o", out, "./nanoswitch/cmd/nanoswitch")
-	build.Dir = root
-	if b, berr := build.CombinedOutput(); berr != nil {
-		return "", fmt.Errorf("%w; building it failed too: %v: %s", err, berr, strings.TrimSpace(string(b)))
-	}
-	return out, nil
-}
-
-// staleBinary reports whether the repository's build of nanoswitch is older
-// than any of its sources (or go.mod), so that a developer's edit is never
-// run against an old binary.
-func staleBinary(root, bin string) bool {
-	st, err := os.Stat(bin)
-	if err != nil {
-		return true
-	}
-	stale := false
-	for _, dir := range []string{"nanoswitch", "go.mod", "go.sum"} {
-		filepath.WalkDir(filepath.Join(root, dir), func(p string, d fs.DirEntry, err error) error {
-			if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".go") || strings.HasPrefix(d.Name(), "go.")) {
-				if info, err := d.Info(); err == nil && info.ModTime().After(st.ModTime()) {
-					stale = true
-					return filepath.SkipAll
-				}
-			}
-			return nil
-		})
-	}
-	return stale
 }

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/qcluster/qcluster/nanoswitch"
+	"github.com/qcluster/qcluster/nanoswitch/client"
 	"github.com/qcluster/qcluster/qemu"
 )
 
@@ -187,7 +187,7 @@ func (c *Cluster) Partition(ctx context.Context, a, b int) error {
 	if err != nil {
 		return err
 	}
-	return c.net.client.Partition(ctx, na.Name, nb.Name)
+	return c.net.Partition(ctx, na.Name, nb.Name)
 }
 
 // Isolate cuts node a off from every other node until Heal; the host still
@@ -197,7 +197,7 @@ func (c *Cluster) Isolate(ctx context.Context, a int) error {
 	if err != nil {
 		return err
 	}
-	return c.net.client.Isolate(ctx, n.Name)
+	return c.net.Isolate(ctx, n.Name)
 }
 
 // Degrade makes node a's link lossy (loss, 0 to 100 percent) and slow
@@ -210,7 +210,7 @@ func (c *Cluster) Degrade(ctx context.Context, a int, loss float64, delay time.D
 	if loss < 0 || loss > 100 {
 		return fmt.Errorf("loss %.1f%%: want 0 to 100", loss)
 	}
-	return c.net.client.Degrade(ctx, n.Name, nanoswitch.Degradation{LossPercent: loss, Delay: delay})
+	return c.net.Degrade(ctx, n.Name, client.Degradation{LossPercent: loss, Delay: delay})
 }
 
 // Heal removes every network fault.
@@ -218,5 +218,5 @@ func (c *Cluster) Heal(ctx context.Context) error {
 	if c.net == nil {
 		return errors.New("heal: network not started")
 	}
-	return c.net.client.Heal(ctx)
+	return c.net.Heal(ctx)
 }

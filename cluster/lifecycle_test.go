@@ -13,6 +13,7 @@ import (
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/cluster/clustertest"
 	"github.com/qcluster/qcluster/internal/needs"
+	"github.com/qcluster/qcluster/nanoswitch/switchmain"
 	"github.com/qcluster/qcluster/testos/profile"
 )
 
@@ -22,14 +23,17 @@ import (
 func TestCloseRacesLifecycle(t *testing.T) {
 	needs.Short(t, "boots a VM under TCG")
 	needsHost(t)
-	nanoswitch, _ := filepath.Abs("../out/bin/nanoswitch")
+	switchCommand, err := switchmain.Command()
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := clustertest.Launch(t, cluster.Options{
-		Nodes:      1,
-		Node:       cluster.NodeOptions{NoTPM: true},
-		Accel:      "tcg",
-		Profile:    &profile.Profile{},
-		Timeout:    5 * time.Minute,
-		Nanoswitch: nanoswitch,
+		Nodes:         1,
+		Node:          cluster.NodeOptions{NoTPM: true},
+		Accel:         "tcg",
+		Profile:       &profile.Profile{},
+		Timeout:       5 * time.Minute,
+		SwitchCommand: switchCommand,
 	})
 	first := c.Nodes[0].VM()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -57,8 +57,13 @@ type Options struct {
 	// Logger receives debug and info logs. Default: discard.
 	Logger *slog.Logger
 	// Binaries: explicit paths of helper programs; empty looks them up
-	// (package resolve: runfiles, $QCLUSTER_*, PATH).
+	// (package resolve: runfiles, $QCLUSTER_*, PATH, out/bin).
 	QEMU, Swtpm, SwtpmSetup, Nanoswitch string
+	// SwitchCommand is the argv prefix that runs the cluster's switch (the
+	// nanoswitch command's flags follow), for programs that re-execute
+	// themselves as the switch: nanoswitch/switchmain.Command. Default: the
+	// Nanoswitch program.
+	SwitchCommand []string
 	// Firmware: explicit OVMF code and vars template; empty discovers them.
 	FirmwareCode, FirmwareVars string
 	// CertValidity is how long the cluster's certificates are valid. Default:

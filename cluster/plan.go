@@ -2,12 +2,11 @@ package cluster
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-
-	"github.com/qcluster/qcluster/nanoswitch"
 )
 
 // Plan is everything decided about a cluster before anything starts: names,
@@ -32,11 +31,11 @@ type NodePlan struct {
 	Index int
 	// Name is "node<Index>"; FQDN is Name + "." + Plan.Domain.
 	Name, FQDN string
-	// Address is the node's static DHCP lease: host 10+Index of the subnet
-	// (nanoswitch.PlanLeases, which the switch uses).
+	// Address is the node's static DHCP lease: host 10+Index of the
+	// subnet. The plan is its one owner: the switch is given it.
 	Address netip.Addr
-	// MAC is nanoswitch.NodeMAC: derived from the cluster name and the
-	// index, so it is stable across reboots and relaunches.
+	// MAC is derived from the cluster name and the index (nodeMAC), so it
+	// is stable across reboots and relaunches.
 	MAC      net.HardwareAddr
 	Identity Identity
 	Options  NodeOptions
@@ -44,7 +43,7 @@ type NodePlan struct {
 
 func makePlan(o Options) (*Plan, error) {
 	p := &Plan{Name: o.Name, Domain: o.Name + ".qcluster.test", Subnet: o.Subnet}
-	// A /24 or larger (withDefaults) holds nanoswitch.FirstNodeHost+MaxNodes hosts.
+	// A /24 or larger (withDefaults) holds firstNodeHost+MaxNodes hosts.
 	p.Gateway = hostAddr(o.Subnet, 1)
 	pki, err := newPKI(o.Name, o.CertValidity)
 	if err != nil {
@@ -62,8 +61,8 @@ func makePlan(o Options) (*Plan, error) {
 		n := &NodePlan{
 			Index:   i,
 			Name:    fmt.Sprintf("node%d", i),
-			Address: hostAddr(o.Subnet, nanoswitch.FirstNodeHost+i),
-			MAC:     nanoswitch.NodeMAC(o.Name, i),
+			Address: hostAddr(o.Subnet, firstNodeHost+i),
+			MAC:     nodeMAC(o.Name, i),
 			Options: nopts,
 		}
 		n.FQDN = n.Name + "." + p.Domain
@@ -73,6 +72,18 @@ func makePlan(o Options) (*Plan, error) {
 		p.Nodes = append(p.Nodes, n)
 	}
 	return p, nil
+}
+
+// firstNodeHost is node 0's host number in the subnet: node i gets host
+// firstNodeHost+i (10.42.0.10, .11, …).
+const firstNodeHost = 10
+
+// nodeMAC derives node i's MAC from the cluster name: QEMU's 52:54:00
+// prefix (locally administered, unicast) and three bytes of
+// SHA-256("qcluster mac <cluster> <i>").
+func nodeMAC(cluster string, i int) net.HardwareAddr {
+	h := sha256.Sum256(fmt.Appendf(nil, "qcluster mac %s %d", cluster, i))
+	return net.HardwareAddr{0x52, 0x54, 0x00, h[0], h[1], h[2]}
 }
 
 // hostAddr returns host number h of an IPv4 subnet.

@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-
-	"github.com/qcluster/qcluster/nanoswitch"
 )
 
 func TestPlan(t *testing.T) {
@@ -44,7 +42,7 @@ func TestPlan(t *testing.T) {
 			t.Errorf("node%d certificate lacks its address: %v", i, err)
 		}
 	}
-	if again := nanoswitch.NodeMAC("t1", 1); again.String() != p.Nodes[1].MAC.String() {
+	if again := nodeMAC("t1", 1); again.String() != p.Nodes[1].MAC.String() {
 		t.Errorf("MAC not stable: %s vs %s", again, p.Nodes[1].MAC)
 	}
 }

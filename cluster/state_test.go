@@ -11,6 +11,7 @@ import (
 
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/internal/needs"
+	"github.com/qcluster/qcluster/nanoswitch/switchmain"
 	"github.com/qcluster/qcluster/testos/profile"
 )
 
@@ -34,7 +35,10 @@ func needsHost(t *testing.T) {
 // it can be checked.
 func TestLaunchesShareStateDir(t *testing.T) {
 	needsHost(t)
-	nanoswitch, _ := filepath.Abs("../out/bin/nanoswitch")
+	switchCommand, err := switchmain.Command()
+	if err != nil {
+		t.Fatal(err)
+	}
 	const rounds, launches = 20, 4
 	for round := range rounds {
 		dir := filepath.Join(t.TempDir(), "state")
@@ -57,14 +61,14 @@ func TestLaunchesShareStateDir(t *testing.T) {
 			var c0 string
 			wg.Go(func() {
 				_, launched[i] = cluster.Launch(ctx, cluster.Options{
-					Nodes:      1,
-					Node:       cluster.NodeOptions{NoTPM: true},
-					Accel:      "tcg",
-					Profile:    &profile.Profile{},
-					StateDir:   dir,
-					KeepState:  true,
-					Unverified: true,
-					Nanoswitch: nanoswitch,
+					Nodes:         1,
+					Node:          cluster.NodeOptions{NoTPM: true},
+					Accel:         "tcg",
+					Profile:       &profile.Profile{},
+					StateDir:      dir,
+					KeepState:     true,
+					Unverified:    true,
+					SwitchCommand: switchCommand,
 					Progress: func(e cluster.Event) {
 						switch {
 						case e.Kind == cluster.StepDone && e.Step == "Checking host" && e.Err != nil:

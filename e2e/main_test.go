@@ -17,6 +17,7 @@ import (
 
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/internal/needs"
+	"github.com/qcluster/qcluster/nanoswitch/switchmain"
 	"github.com/qcluster/qcluster/qemu"
 	"github.com/qcluster/qcluster/resolve"
 	"github.com/qcluster/qcluster/testos/api"
@@ -33,6 +34,10 @@ const launchTimeout = 5 * time.Minute
 var binDir string
 
 func TestMain(m *testing.M) {
+	// The test binary is the clusters' switch too (options).
+	if len(os.Args) > 1 && os.Args[1] == switchmain.Arg {
+		os.Exit(switchmain.Main(os.Args[2:]))
+	}
 	flag.Parse()
 	// Returning hands m.Run's code to the test runner (no os.Exit here).
 	m.Run()
@@ -65,12 +70,14 @@ func needsHost(t testing.TB) {
 // 5-minute launch timeout, and 1 node without a TPM unless a test says
 // otherwise.
 func options(nodes int, tpm bool) cluster.Options {
+	switchCommand, _ := switchmain.Command() // os.Executable: cannot fail on Linux
 	return cluster.Options{
-		Nodes:   nodes,
-		Node:    cluster.NodeOptions{NoTPM: !tpm},
-		Profile: &profile.Profile{},
-		Accel:   "tcg",
-		Timeout: launchTimeout,
+		SwitchCommand: switchCommand,
+		Nodes:         nodes,
+		Node:          cluster.NodeOptions{NoTPM: !tpm},
+		Profile:       &profile.Profile{},
+		Accel:         "tcg",
+		Timeout:       launchTimeout,
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/cluster/warm"
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
+	"github.com/qcluster/qcluster/nanoswitch/switchmain"
 	"github.com/qcluster/qcluster/testos/profile"
 )
 
@@ -239,6 +240,10 @@ func parseReady(spec string) (cluster.Profile, error) {
 }
 
 func main() {
+	// The command is its clusters' switch too (run re-executes it so).
+	if len(os.Args) > 1 && os.Args[1] == switchmain.Arg {
+		os.Exit(switchmain.Main(os.Args[2:]))
+	}
 	os.Exit(dispatch(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
@@ -275,6 +280,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	st := newStatus(stderr, fancy)
 	cfg.opts.Logger = slog.New(newNoticeHandler(st, level))
 	cfg.opts.Progress = progressPrinter(st, cfg.opts.Nodes)
+	if cfg.opts.SwitchCommand, err = switchmain.Command(); err != nil {
+		fmt.Fprintf(stderr, "cluster: %v\n", err)
+		return 1
+	}
 
 	// The first SIGINT or SIGTERM cancels the launch or ends the wait, and
 	// teardown follows; a second one exits at once. The helpers die with

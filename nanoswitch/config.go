@@ -1,10 +1,8 @@
 package nanoswitch
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -63,55 +61,10 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Lease is a static DHCP lease.
-type Lease struct {
-	// MAC of the guest's NIC.
-	MAC net.HardwareAddr
-	// Addr is the address it gets, inside the subnet.
-	Addr netip.Addr
-	// Hostname is a DNS label: DHCP hands it out (option 12) and DNS
-	// resolves "<Hostname>.<Domain>" and "<Hostname>" to Addr.
-	Hostname string
-}
-
 // GatewayPort is the name of the port that connects the switch's own
 // network stack (DHCP, DNS, host access). Faults can name it, e.g.
 // Partition("node0", GatewayPort) cuts node0 off from the host.
 const GatewayPort = "gateway"
-
-// FirstNodeHost is the host number of node 0 in PlanLeases: node i gets
-// host FirstNodeHost+i of the subnet (10.42.0.10, .11, …).
-const FirstNodeHost = 10
-
-// NodeMAC derives node i's MAC from the cluster name: QEMU's 52:54:00
-// prefix (locally administered, unicast) and three bytes of
-// SHA-256("qcluster mac <cluster> <i>"), so it is stable across launches.
-func NodeMAC(cluster string, i int) net.HardwareAddr {
-	h := sha256.Sum256(fmt.Appendf(nil, "qcluster mac %s %d", cluster, i))
-	return net.HardwareAddr{0x52, 0x54, 0x00, h[0], h[1], h[2]}
-}
-
-// PlanLeases returns static leases for the named nodes: node i gets MAC
-// NodeMAC(cluster, i), address host FirstNodeHost+i of subnet and its name
-// as hostname.
-func PlanLeases(cluster string, subnet netip.Prefix, names []string) ([]Lease, error) {
-	if !subnet.Addr().Is4() {
-		return nil, fmt.Errorf("plan leases: subnet %s: want IPv4", subnet)
-	}
-	subnet = subnet.Masked()
-	leases := make([]Lease, 0, len(names))
-	for i, name := range names {
-		if err := checkLabel(name); err != nil {
-			return nil, fmt.Errorf("plan leases: node %d: %w", i, err)
-		}
-		a := hostAddr(subnet, FirstNodeHost+i)
-		if !subnet.Contains(a) || a == lastAddr(subnet) {
-			return nil, fmt.Errorf("plan leases: subnet %s has no room for %d nodes from host .%d", subnet, len(names), FirstNodeHost)
-		}
-		leases = append(leases, Lease{MAC: NodeMAC(cluster, i), Addr: a, Hostname: name})
-	}
-	return leases, nil
-}
 
 // hostAddr returns host number h of an IPv4 subnet.
 func hostAddr(subnet netip.Prefix, h int) netip.Addr {

@@ -174,14 +174,3 @@ func faultsToAPI(st FaultState) *api.Faults {
 	}
 	return f
 }
-
-func faultsFromAPI(f *api.Faults) FaultState {
-	st := FaultState{Isolated: f.Isolated, Degraded: map[string]Degradation{}}
-	for _, p := range f.Partitions {
-		st.Partitions = append(st.Partitions, [2]string{p.A, p.B})
-	}
-	for _, d := range f.Degraded {
-		st.Degraded[d.Port] = Degradation{LossPercent: d.LossPercent, Delay: time.Duration(d.DelayUs) * time.Microsecond}
-	}
-	return st
-}

@@ -8,6 +8,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/qcluster/qcluster/nanoswitch/client"
 )
 
 // TestControl drives a switch through the gRPC control socket with Client,
@@ -16,15 +18,15 @@ func TestControl(t *testing.T) {
 	dir := t.TempDir()
 	sw := newTestSwitch(t, Config{Name: "ctl", Dir: dir, ControlSocket: filepath.Join(dir, "control.sock"), SOCKS: true})
 	info, _ := sw.SOCKS()
-	ready := Ready{ControlSocket: filepath.Join(dir, "control.sock"), SOCKSAddress: info.Addr.String(),
+	ready := client.Ready{ControlSocket: filepath.Join(dir, "control.sock"), SOCKSAddress: info.Addr.String(),
 		CredentialsFile: filepath.Join(dir, "socks.credentials")}
-	if err := WriteCredentials(ready.CredentialsFile, info.Username, info.Password); err != nil {
+	if err := client.WriteCredentials(ready.CredentialsFile, info.Username, info.Password); err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteReady(filepath.Join(dir, "ready.json"), ready); err != nil {
+	if err := client.WriteReady(filepath.Join(dir, "ready.json"), ready); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Open(filepath.Join(dir, "ready.json"))
+	c, err := client.Open(filepath.Join(dir, "ready.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,9 +28,10 @@
 //     Degrade (loss, delay), Heal. Per-port counters (atomics) and optional
 //     per-port pcap files, guest ↔ guest traffic included.
 //   - Control: the same operations over gRPC on a UNIX socket (package
-//     nanoswitch/api), served when Config.ControlSocket is set; Client is
-//     its Go client. The nanoswitch command runs a switch as a helper
-//     process.
+//     nanoswitch/api), served when Config.ControlSocket is set. The
+//     nanoswitch command (nanoswitch/switchmain) runs a switch as a helper
+//     process; package nanoswitch/client starts, waits for and stops that
+//     process and is its Go client, without linking the switch itself.
 //
 // What comes from containers/gvisor-tap-vsock: the gateway's link endpoint
 // (tap.LinkEndpoint, which joins a gVisor stack to a switch and keeps it from

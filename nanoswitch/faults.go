@@ -21,26 +21,6 @@ import (
 //     delayed by d.Delay. Between two degraded ports the delays add up and
 //     a frame survives only if it survives both losses.
 
-// Degradation is a lossy, slow link.
-type Degradation struct {
-	// LossPercent is the chance, 0 to 100, that a frame is dropped.
-	LossPercent float64
-	// Delay is added to every frame before it is written, at most a minute.
-	// Frames keep their order; a delay longer than the port's queue can
-	// cover at the offered rate drops frames.
-	Delay time.Duration
-}
-
-// FaultState is the set of faults in force.
-type FaultState struct {
-	// Partitions are pairs of port names, each pair sorted, in sorted order.
-	Partitions [][2]string
-	// Isolated port names, sorted.
-	Isolated []string
-	// Degraded ports by name.
-	Degraded map[string]Degradation
-}
-
 // faultTable is an immutable FaultState with fast lookups. The switch keeps
 // the current one in an atomic pointer (nil: no faults) and replaces it
 // whole on every change.

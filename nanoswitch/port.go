@@ -10,41 +10,6 @@ import (
 	"time"
 )
 
-// Counters are a port's traffic figures since the switch started, summed
-// over every connection the port has had. "Rx" is what the port's peer
-// (the VM) sent into the switch, "Tx" what the switch wrote to the peer.
-// Frames are counted without QEMU's length prefix.
-type Counters struct {
-	RxFrames, RxBytes uint64 // frames (and their bytes) received from the peer
-	TxFrames, TxBytes uint64 // frames (and their bytes) handed to the peer's connection
-	// RxDrops are frames from the peer that were discarded as malformed
-	// (shorter than an Ethernet header).
-	RxDrops uint64
-	// TxDrops are frames for the peer discarded because its queue was full
-	// (a stalled or slow peer) or no peer was attached.
-	TxDrops uint64
-	// FaultDrops are frames for the peer discarded by a fault: a partition,
-	// an isolation or a degradation's loss.
-	FaultDrops uint64
-	// Connects is the number of times a peer attached (QEMU connecting to
-	// the socket; again after each restart).
-	Connects uint64
-}
-
-// PortStatus describes one port.
-type PortStatus struct {
-	// Name of the port; GatewayPort for the switch's own stack.
-	Name string
-	// MAC given to AddPort (nil if none; the gateway's own MAC for it).
-	MAC net.HardwareAddr
-	// SocketPath is the UNIX socket QEMU connects to ("" for ports made
-	// by AttachConn and for the gateway).
-	SocketPath string
-	// Connected reports whether a peer is attached now.
-	Connected bool
-	Counters
-}
-
 type portCounters struct {
 	rxFrames, rxBytes, txFrames, txBytes   atomic.Uint64
 	rxDrops, txDrops, faultDrops, connects atomic.Uint64

@@ -352,16 +352,14 @@ func TestGuests(t *testing.T) {
 	tcpdump := needs.Tool(t, "tcpdump", "tcpdump")
 	names := []string{"node0", "node1", "node2"}
 	subnet := netip.MustParsePrefix("10.42.0.0/24")
-	leases, err := PlanLeases("vmtest", subnet, names)
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := nodeLeases(subnet, names)
 	pcapDir := t.TempDir()
 	sw := newTestSwitch(t, Config{Name: "vmtest", Leases: leases, SOCKS: true, PcapDir: pcapDir, Logger: infoLogger(t)})
 	domain := sw.Domain()
 	vms := make([]*testVM, len(names))
 	socks := make([]string, len(names))
 	for i, l := range leases {
+		var err error
 		if socks[i], err = sw.AddPort(l.Hostname, l.MAC); err != nil {
 			t.Fatal(err)
 		}
@@ -596,7 +594,7 @@ func TestOutbound(t *testing.T) {
 		t.Skip("the host has no non-loopback IPv4 address")
 	}
 	qemu, g := buildGuest(t)
-	leases, _ := PlanLeases("outbound", netip.MustParsePrefix("10.42.0.0/24"), []string{"node0"})
+	leases := nodeLeases(netip.MustParsePrefix("10.42.0.0/24"), []string{"node0"})
 	sw := newTestSwitch(t, Config{Name: "outbound", Leases: leases, AllowOutbound: true, Logger: infoLogger(t)})
 	ours, theirs := socketPairFiles(t)
 	conn, err := net.FileConn(ours)
@@ -642,7 +640,7 @@ func socketPairFiles(tb testing.TB) (*os.File, *os.File) {
 func BenchmarkGuestToGuest(b *testing.B) {
 	const n = 50_000_000
 	qemu, g := buildGuest(b)
-	leases, _ := PlanLeases("bench", netip.MustParsePrefix("10.42.0.0/24"), []string{"node0", "node1"})
+	leases := nodeLeases(netip.MustParsePrefix("10.42.0.0/24"), []string{"node0", "node1"})
 	run := func(b *testing.B, vms []*testVM) {
 		for _, v := range vms {
 			v.waitFor(b, "nsguest: ready", bootTimeout)

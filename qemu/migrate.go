@@ -92,7 +92,7 @@ func (v *VM) awaitMigration(ctx context.Context) error {
 			if st.ErrorDesc == "" {
 				st.ErrorDesc = "no reason given; QEMU's stderr may say more"
 			}
-			return fmt.Errorf("migration %s: %s%s", st.Status, st.ErrorDesc, stderrSuffix(v.stderr.tail()))
+			return fmt.Errorf("migration %s: %s%s", st.Status, st.ErrorDesc, stderrSuffix(v.stderrLines()))
 		}
 		select {
 		case <-ctx.Done():

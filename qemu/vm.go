@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/kballard/go-shellquote"
 	"golang.org/x/sys/unix"
 
+	"github.com/qcluster/qcluster/internal/atomicfile"
 	"github.com/qcluster/qcluster/internal/child"
 	"github.com/qcluster/qcluster/qemu/qmp"
 	"github.com/qcluster/qcluster/resolve"
@@ -138,11 +140,12 @@ type VM struct {
 	startDone chan struct{} // closed when Start has returned
 	argv      []string
 	cmd       *exec.Cmd
+	proc      *child.Process
 	execAt    time.Time
 	accel     Accel
 	qmp       *qmp.Client
 	console   *Console
-	stderr    *tailWriter
+	stderr    *child.Tail
 
 	evMu         sync.Mutex
 	shutdownSeen string // reason of the last SHUTDOWN event
@@ -313,27 +316,30 @@ func (v *VM) start(ctx context.Context) (err error) {
 	}
 	v.logger.Info("qemu: starting", "argv", shellquote.Join(v.argv...))
 
-	v.stderr = &tailWriter{ring: newLineRing(100), logger: v.logger}
+	v.stderr = &child.Tail{Max: 16 << 10}
+	out := io.MultiWriter(v.stderr, &stderrLog{logger: v.logger})
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = v.opts.Dir
-	cmd.Stdout, cmd.Stderr = v.stderr, v.stderr
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.ExtraFiles = append([]*os.File{serialTheirs, qmpTheirs}, nicFiles...)
 	// QEMU's stderr copier may be held open by a stray child; do not wait for it forever.
 	cmd.WaitDelay = 5 * time.Second
 	v.cmd = cmd
 
 	v.execAt = time.Now()
-	waited, err := child.Start(cmd) // own process group, Pdeathsig: see Start's comment
+	// Own process group, Pdeathsig: see Start's comment. Close asks with
+	// QMP quit: QEMU stops at once without asking the guest.
+	v.proc, err = child.Start(cmd, child.Options{Ask: v.qmp.Quit, Grace: v.opts.StopTimeout})
 	if err != nil {
 		return wrap("exec "+bin, err)
 	}
-	go func() { v.finish(<-waited) }()
+	go func() { v.finish(v.proc.Wait()) }()
 	// From here on the process exists: it is always waited for. Failures
 	// below kill it and wait, so that nothing outlives a failed Start.
 	serialTheirs.Close()
 	qmpTheirs.Close()
 	undo = append(undo, func() {
-		cmd.Process.Kill()
+		v.proc.Kill()
 		<-v.exited
 	})
 	if err := v.qmp.Handshake(ctx); err != nil {
@@ -383,24 +389,7 @@ func (v *VM) script(argv []string, notes []string) string {
 
 // writeScript writes the script beside the console log, as qemu.sh.
 func (v *VM) writeScript(argv []string, notes []string) error {
-	tmp, err := os.CreateTemp(v.opts.Dir, ".qemu.sh.*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.WriteString(v.script(argv, notes)); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := errors.Join(tmp.Chmod(0o700), tmp.Close()); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(v.opts.Dir, "qemu.sh")); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return nil
+	return atomicfile.Write(filepath.Join(v.opts.Dir, "qemu.sh"), []byte(v.script(argv, notes)), 0o700)
 }
 
 // onEvent runs in the QMP reader for every event.
@@ -426,7 +415,7 @@ func (v *VM) finish(waitErr error) {
 	v.evMu.Lock()
 	reason, seen := v.shutdownSeen, v.shutdownOK
 	v.evMu.Unlock()
-	e := Exit{Reason: reason, Status: v.cmd.ProcessState.ExitCode(), Stderr: v.stderr.tail()}
+	e := Exit{Reason: reason, Status: v.cmd.ProcessState.ExitCode(), Stderr: v.stderrLines()}
 	if ws, ok := v.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		e.Signal = ws.Signal()
 	}
@@ -500,11 +489,13 @@ func (v *VM) StartedAt() time.Time { return v.execAt }
 // Argv is QEMU's command line, the binary first.
 func (v *VM) Argv() []string { return append([]string(nil), v.argv...) }
 
-// Close stops QEMU if it still runs: QMP quit, then SIGTERM, then SIGKILL,
-// each after Options.StopTimeout; then it waits for QEMU and every goroutine
-// of the VM. It does not ask the guest (see QMP.SystemPowerdown for that).
-// It returns an error only if QEMU had to be signalled; Wait tells how it
-// ended. Repeated calls return the same result.
+// Close stops QEMU if it still runs, as every helper's Close does
+// (internal/child): QMP quit, then SIGTERM, then SIGKILL to its process
+// group, each after Options.StopTimeout; then it waits for QEMU and every
+// goroutine of the VM. It does not ask the guest (see QMP.SystemPowerdown
+// for that). It returns nil if QEMU had exited or quit, else an error saying
+// it had to be signalled; Wait tells how it ended. Repeated and concurrent
+// calls return the same result.
 func (v *VM) Close() error {
 	v.closeOnce.Do(func() { v.closeErr = v.close() })
 	return v.closeErr
@@ -514,43 +505,13 @@ func (v *VM) close() error {
 	if !v.settled(true) {
 		return nil
 	}
-	var err error
-	if !v.exitedWithin(0) {
-		ctx, cancel := context.WithTimeout(context.Background(), v.opts.StopTimeout)
-		qerr := v.qmp.Quit(ctx)
-		cancel()
-		if !v.exitedWithin(v.opts.StopTimeout) {
-			v.cmd.Process.Signal(syscall.SIGTERM)
-			err = fmt.Errorf("close machine %s: qemu did not quit within %v (quit: %v): sent SIGTERM", v.m.Name, v.opts.StopTimeout, qerr)
-			if !v.exitedWithin(v.opts.StopTimeout) {
-				// The process group: anything QEMU started goes too.
-				unix.Kill(-v.cmd.Process.Pid, unix.SIGKILL)
-				err = fmt.Errorf("close machine %s: qemu ignored quit and SIGTERM for %v each: killed", v.m.Name, v.opts.StopTimeout)
-				<-v.exited
-			}
-		}
-	}
+	err := v.proc.Stop()
+	<-v.exited
 	v.console.wg.Wait()
-	return err
-}
-
-func (v *VM) exitedWithin(d time.Duration) bool {
-	if d == 0 {
-		select {
-		case <-v.exited:
-			return true
-		default:
-			return false
-		}
+	if err != nil {
+		return fmt.Errorf("close machine %s: %w", v.m.Name, err)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-v.exited:
-		return true
-	case <-t.C:
-		return false
-	}
+	return nil
 }
 
 // socketpair returns a connected pair of stream sockets: ours as a net.Conn,
@@ -571,32 +532,26 @@ func socketpair(name string) (net.Conn, *os.File, error) {
 	return conn, theirs, nil
 }
 
-// tailWriter keeps the last lines of QEMU's stderr and logs each one.
-type tailWriter struct {
+// stderrLog logs every line QEMU writes to stderr.
+type stderrLog struct {
 	mu     sync.Mutex
 	split  lineSplitter
-	ring   lineRing
 	logger *slog.Logger
 }
 
-func (w *tailWriter) Write(p []byte) (int, error) {
+func (w *stderrLog) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.split.write(p, func(raw []byte) {
-		line := sanitize(raw)
-		w.ring.add(line)
-		w.logger.Warn("qemu: stderr", "line", line)
-	})
+	w.split.write(p, func(raw []byte) { w.logger.Warn("qemu: stderr", "line", sanitize(raw)) })
 	return len(p), nil
 }
 
-// tail returns the lines kept, with an unfinished last line.
-func (w *tailWriter) tail() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	t := w.ring.tail(0)
-	if len(w.split.partial) > 0 {
-		t = append(t, sanitize(w.split.partial))
+// stderrLines returns the last lines QEMU wrote to stderr, an unfinished
+// last line included.
+func (v *VM) stderrLines() []string {
+	lines := v.stderr.Lines(100)
+	for i, l := range lines {
+		lines[i] = sanitize([]byte(l))
 	}
-	return t
+	return lines
 }

@@ -1,13 +1,10 @@
 package swtpm
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/kballard/go-shellquote"
@@ -43,7 +40,7 @@ func lookBinary(explicit, name string) (string, error) {
 type ProcessError struct {
 	// Argv is the full command line, program first.
 	Argv []string
-	// Output is the tail of what the process wrote to stdout and stderr (at most tailBytes).
+	// Output is the tail of what the process wrote to stdout and stderr (at most 8 KiB).
 	Output string
 	// Err is the cause: an *exec.ExitError, a start error, or a protocol error.
 	Err error
@@ -82,36 +79,6 @@ func oneLine(s string) string {
 	return strings.Join(lines, " | ")
 }
 
-// tailBytes is how much of a process's output is kept for error messages.
-const tailBytes = 8 << 10
-
-// tail is an io.Writer that keeps the last tailBytes written to it. It is safe
-// for concurrent use.
-type tail struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - tailBytes; over > 0 {
-		t.buf = t.buf[over:]
-		// Start at a line boundary so the first line is not a fragment.
-		if i := bytes.IndexByte(t.buf, '\n'); i >= 0 {
-			t.buf = t.buf[i+1:]
-		}
-	}
-	return len(p), nil
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
-}
-
 // pidNamespaceAttr is child.Attr plus a new PID namespace, with the child as
 // its init: when the child dies, the kernel kills everything else in the
 // namespace. swtpm_setup needs this, since Pdeathsig cannot reach the swtpm it
@@ -129,18 +96,6 @@ func pidNamespaceAttr() *syscall.SysProcAttr {
 		a.GidMappings = []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}}
 	}
 	return a
-}
-
-// killGroup sends SIGKILL to the process group led by pid, which reaches the
-// programs the leader started too. The caller has not yet seen the leader
-// reaped; a group id is only reused after every member is gone and the pid
-// space has wrapped around, which this short window does not allow for in
-// practice.
-func killGroup(pid int) {
-	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		// Fall back to the leader alone; nothing else can be done.
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
 }
 
 // openLog opens path for appending swtpm's output, creating it 0600.

@@ -223,13 +223,12 @@ func readManufactured(dir string, created bool) (*Manufactured, error) {
 // combined output. Cancelling ctx kills it and everything it started.
 func runTool(ctx context.Context, log *slog.Logger, argv []string, env []string) (string, error) {
 	var (
-		out    tail
-		cmd    *exec.Cmd
-		waited <-chan error
-		err    error
+		out child.Tail
+		p   *child.Process
+		err error
 	)
 	for _, attr := range []*syscall.SysProcAttr{pidNamespaceAttr(), child.Attr()} {
-		cmd = exec.Command(argv[0], argv[1:]...)
+		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = env
 		cmd.Stdout = &out
 		cmd.Stderr = &out
@@ -237,7 +236,7 @@ func runTool(ctx context.Context, log *slog.Logger, argv []string, env []string)
 		// A grandchild that outlived its parent and still holds the output
 		// pipe must not hang Wait.
 		cmd.WaitDelay = time.Second
-		if waited, err = child.Start(cmd); err == nil {
+		if p, err = child.Start(cmd, child.Options{}); err == nil {
 			break
 		}
 		if attr.Cloneflags != 0 {
@@ -248,10 +247,11 @@ func runTool(ctx context.Context, log *slog.Logger, argv []string, env []string)
 		return "", &ProcessError{Argv: argv, Err: err}
 	}
 	select {
-	case err = <-waited:
+	case <-p.Done():
+		err = p.Wait()
 	case <-ctx.Done():
-		killGroup(cmd.Process.Pid)
-		<-waited
+		p.Kill() // the process group: the swtpm it started goes too
+		<-p.Done()
 		err = context.Cause(ctx)
 	}
 	if err != nil {

@@ -68,17 +68,12 @@ type Options struct {
 
 // TPM is a running `swtpm socket` process serving one node's TPM.
 type TPM struct {
-	argv        []string
-	cmd         *exec.Cmd
-	out         *tail
-	stopTimeout time.Duration
-	log         *slog.Logger
-
-	done chan struct{} // closed once the process is reaped and its output drained
-	err  error         // the process's result; written before done is closed
-
-	closeOnce sync.Once
-	closeErr  error
+	argv []string
+	proc *child.Process
+	out  *child.Tail
+	log  *slog.Logger
+	// wait is the process's result as a *ProcessError, made once.
+	wait func() error
 }
 
 // Start starts swtpm for opts.StateDir and returns once its control channel
@@ -147,10 +142,8 @@ func start(ctx context.Context, opts Options) (*TPM, error) {
 		opts.StopTimeout = 5 * time.Second
 	}
 	t := &TPM{
-		out:         &tail{},
-		stopTimeout: opts.StopTimeout,
-		log:         opts.Logger,
-		done:        make(chan struct{}),
+		out: &child.Tail{},
+		log: opts.Logger,
 	}
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
@@ -180,8 +173,8 @@ func start(ctx context.Context, opts Options) (*TPM, error) {
 	defer cancel()
 	if err := t.awaitReady(ctx, opts.CtrlSocket, !opts.Incoming); err != nil {
 		// Kill and drain, so the error holds everything swtpm said.
-		_ = t.cmd.Process.Kill()
-		<-t.done
+		t.proc.Kill()
+		<-t.proc.Done()
 		return nil, &ProcessError{Argv: t.argv, Output: t.out.String(), Err: err}
 	}
 	t.log.Debug("swtpm: control channel ready", "pid", t.Pid(), "after", time.Since(startedAt))
@@ -208,13 +201,15 @@ func (t *TPM) spawn(opts Options) error {
 		}
 		return err
 	}
-	t.cmd = exec.Command(t.argv[0], t.argv[1:]...)
-	t.cmd.Stdout = w
-	t.cmd.Stderr = w
+	cmd := exec.Command(t.argv[0], t.argv[1:]...)
+	cmd.Stdout = w
+	cmd.Stderr = w
 	if opts.LogLevel > 0 {
-		t.cmd.ExtraFiles = []*os.File{w} // fd 3
+		cmd.ExtraFiles = []*os.File{w} // fd 3
 	}
-	waited, err := child.Start(t.cmd)
+	drained := make(chan struct{})
+	// SIGTERM is how swtpm is asked to stop (Close).
+	t.proc, err = child.Start(cmd, child.Options{Grace: opts.StopTimeout, Drained: drained})
 	w.Close() // the child holds its own copies
 	if err != nil {
 		r.Close()
@@ -223,7 +218,6 @@ func (t *TPM) spawn(opts Options) error {
 		}
 		return &ProcessError{Argv: t.argv, Err: err}
 	}
-	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
 		_, _ = io.Copy(sink, r)
@@ -232,15 +226,12 @@ func (t *TPM) spawn(opts Options) error {
 			logFile.Close()
 		}
 	}()
-	go func() {
-		err := <-waited
-		<-drained
-		if err != nil {
-			err = &ProcessError{Argv: t.argv, Output: t.out.String(), Err: err}
+	t.wait = sync.OnceValue(func() error {
+		if err := t.proc.Wait(); err != nil {
+			return &ProcessError{Argv: t.argv, Output: t.out.String(), Err: err}
 		}
-		t.err = err
-		close(t.done)
-	}()
+		return nil
+	})
 	return nil
 }
 
@@ -266,10 +257,10 @@ func (t *TPM) awaitReady(ctx context.Context, path string, initialise bool) erro
 		}
 		timer := time.NewTimer(b.NextBackOff())
 		select {
-		case <-t.done:
+		case <-t.proc.Done():
 			timer.Stop()
-			if t.err != nil {
-				return errors.Unwrap(t.err) // the exit status; the caller adds argv and output
+			if err := t.proc.Wait(); err != nil {
+				return err // the exit status; the caller adds argv and output
 			}
 			return errors.New("exited before its control socket was ready")
 		case <-ctx.Done():
@@ -346,7 +337,7 @@ func prepareSocket(what, path string) error {
 }
 
 // Pid returns swtpm's process id.
-func (t *TPM) Pid() int { return t.cmd.Process.Pid }
+func (t *TPM) Pid() int { return t.proc.Pid() }
 
 // Argv returns swtpm's command line.
 func (t *TPM) Argv() []string { return append([]string(nil), t.argv...) }
@@ -357,40 +348,22 @@ func (t *TPM) Stderr() string { return t.out.String() }
 
 // Exited returns a channel that is closed when swtpm has exited and its
 // output has been read, for a supervisor to select on.
-func (t *TPM) Exited() <-chan struct{} { return t.done }
+func (t *TPM) Exited() <-chan struct{} { return t.proc.Done() }
 
 // Wait waits for swtpm to exit and returns nil for exit status 0, else a
 // *ProcessError. It may be called any number of times, concurrently; every
 // caller gets the same result.
-func (t *TPM) Wait() error {
-	<-t.done
-	return t.err
-}
+func (t *TPM) Wait() error { return t.wait() }
 
-// Close stops swtpm: SIGTERM, then SIGKILL after Options.StopTimeout, and
-// waits for it. It returns what Wait returns (nil when swtpm stopped cleanly),
-// or an error saying it had to be killed. Safe to call more than once and
+// Close stops swtpm if it still runs, as every helper's Close does
+// (internal/child): SIGTERM, which is how swtpm is asked, then SIGKILL after
+// Options.StopTimeout, and waits for it and its output. It returns nil if
+// swtpm had exited or ended on SIGTERM, else an error saying it had to be
+// killed; Wait tells how it ended. Safe to call more than once and
 // concurrently; every call returns the same result.
 func (t *TPM) Close() error {
-	t.closeOnce.Do(func() {
-		select {
-		case <-t.done:
-			t.closeErr = t.err
-			return
-		default:
-		}
-		// os.Process signals through a pidfd: no risk of hitting a reused pid.
-		_ = t.cmd.Process.Signal(syscall.SIGTERM)
-		timer := time.NewTimer(t.stopTimeout)
-		defer timer.Stop()
-		select {
-		case <-t.done:
-			t.closeErr = t.err
-		case <-timer.C:
-			_ = t.cmd.Process.Kill()
-			<-t.done
-			t.closeErr = fmt.Errorf("swtpm: pid %d ignored SIGTERM for %s, killed: %w", t.Pid(), t.stopTimeout, t.err)
-		}
-	})
-	return t.closeErr
+	if err := t.proc.Stop(); err != nil {
+		return fmt.Errorf("swtpm: %w", err)
+	}
+	return nil
 }

@@ -24,8 +24,24 @@ import (
 
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/cluster/warm"
+	"github.com/qcluster/qcluster/nanoswitch/switchmain"
 	"github.com/qcluster/qcluster/resolve"
 )
+
+// Main is a TestMain for packages that launch clusters: the test binary
+// also serves as its clusters' switch (nanoswitch/switchmain), so that go
+// test needs no nanoswitch program. TryLaunch then passes it as
+// Options.SwitchCommand unless the options name a switch.
+func Main(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == switchmain.Arg {
+		os.Exit(switchmain.Main(os.Args[2:]))
+	}
+	selfSwitch = true
+	os.Exit(m.Run())
+}
+
+// selfSwitch is set by Main: the test binary can serve as the switch.
+var selfSwitch bool
 
 // Launch launches a cluster for t and fails the test if it does not come up.
 // The cluster is closed when the test ends.
@@ -42,6 +58,12 @@ func Launch(t testing.TB, opts cluster.Options) *cluster.Cluster {
 // the error instead of failing the test.
 func TryLaunch(t testing.TB, opts cluster.Options) (*cluster.Cluster, error) {
 	t.Helper()
+	if selfSwitch && len(opts.SwitchCommand) == 0 && opts.Nanoswitch == "" {
+		var err error
+		if opts.SwitchCommand, err = switchmain.Command(); err != nil {
+			return nil, err
+		}
+	}
 	if opts.TempDir == "" {
 		opts.TempDir = os.Getenv("TEST_TMPDIR")
 	}

@@ -14,26 +14,36 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qcluster/qcluster/nanoswitch"
+	"github.com/qcluster/qcluster/nanoswitch/client"
+	"github.com/qcluster/qcluster/nanoswitch/switchmain"
 )
 
-// build compiles the command once per test binary run.
-func build(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "nanoswitch")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+// TestMain lets the test binary run as the command (switchmain.Arg): the
+// tests run it as a child, as a launcher does.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == switchmain.Arg {
+		os.Exit(switchmain.Main(os.Args[2:]))
 	}
-	return bin
+	os.Exit(m.Run())
+}
+
+// build returns the command: this test binary, as the switch.
+func build(t *testing.T) []string {
+	t.Helper()
+	argv, err := switchmain.Command()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return argv
 }
 
 // start runs the command with a pipe on stdin and waits for its ready line
 // on stderr.
-func start(t *testing.T, bin string, args ...string) (*exec.Cmd, io.WriteCloser, *strings.Builder) {
+func start(t *testing.T, bin []string, args ...string) (*exec.Cmd, io.WriteCloser, *strings.Builder) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd := exec.CommandContext(ctx, bin[0], append(bin[1:], args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -69,12 +79,12 @@ func TestCommand(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ns")
 	cmd, stdin, log := start(t, bin, "--dir", dir, "--cluster", "cmdtest", "--node", "node0",
 		"--node", "node1=52:54:00:aa:bb:cc")
-	r, err := nanoswitch.ReadReady(filepath.Join(dir, "ready.json"))
+	r, err := client.ReadReady(filepath.Join(dir, "ready.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.PID != cmd.Process.Pid || r.Domain != "cmdtest.qcluster.test" || len(r.Ports) != 2 ||
-		r.Ports[0].Address != "10.42.0.10" || r.Ports[0].MAC != nanoswitch.NodeMAC("cmdtest", 0).String() ||
+		r.Ports[0].Address != "10.42.0.10" || r.Ports[0].MAC != switchmain.NodeMAC("cmdtest", 0).String() ||
 		r.Ports[1].MAC != "52:54:00:aa:bb:cc" || r.Ports[1].Socket != filepath.Join(dir, "node1.sock") {
 		b, _ := json.Marshal(r)
 		t.Errorf("ready file: %s", b)
@@ -86,7 +96,7 @@ func TestCommand(t *testing.T) {
 	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("state dir: %v %v", fi, err)
 	}
-	c, err := nanoswitch.Open(filepath.Join(dir, "ready.json"))
+	c, err := client.Open(filepath.Join(dir, "ready.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +121,7 @@ func TestCommandSIGTERM(t *testing.T) {
 	bin := build(t)
 	dir := t.TempDir()
 	cmd, _, log := start(t, bin, "--dir", dir, "--socks=false", "--pcap", "--node", "a")
-	if r, err := nanoswitch.ReadReady(filepath.Join(dir, "ready.json")); err != nil || r.SOCKSAddress != "" || r.CredentialsFile != "" {
+	if r, err := client.ReadReady(filepath.Join(dir, "ready.json")); err != nil || r.SOCKSAddress != "" || r.CredentialsFile != "" {
 		t.Errorf("ready without socks: %+v %v", r, err)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -136,7 +146,7 @@ func TestCommandBadInput(t *testing.T) {
 		{"--dir", t.TempDir(), "extra"},
 		{"--dir", strings.Repeat("d", 120), "--node", "a"},
 	} {
-		out, err := exec.Command(bin, args...).CombinedOutput()
+		out, err := exec.Command(bin[0], append(bin[1:], args...)...).CombinedOutput()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) {
 			t.Errorf("%q: %v, want a non-zero exit", args, err)

@@ -1,15 +1,16 @@
-package nanoswitch
+package client
 
 import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/qcluster/qcluster/internal/atomicfile"
 )
 
 // Ready is what the nanoswitch command writes, as JSON, to its ready file
-// once it serves; Open reads it.
+// once it serves; Open and Start read it.
 type Ready struct {
 	// PID of the nanoswitch process.
 	PID int `json:"pid"`
@@ -87,19 +88,7 @@ func ReadCredentials(path string) (username, password string, err error) {
 }
 
 func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(f.Name())
+	if err := atomicfile.Write(path, data, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil

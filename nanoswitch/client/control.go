@@ -1,9 +1,10 @@
-package nanoswitch
+package client
 
 import (
 	"context"
 	"fmt"
 	"net"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -13,8 +14,8 @@ import (
 )
 
 // Client controls a switch running in another process (the nanoswitch
-// command): the Switch's methods over the control socket, and DialContext
-// through its SOCKS5 server.
+// command): the switch's methods over the control socket (nanoswitch/api),
+// and DialContext through its SOCKS5 server.
 type Client struct {
 	ready  Ready
 	conn   *grpc.ClientConn
@@ -64,7 +65,7 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 	return conn, nil
 }
 
-// AddPort adds a port; see Switch.AddPort.
+// AddPort adds a port; see nanoswitch.Switch.AddPort.
 func (c *Client) AddPort(ctx context.Context, name string, mac net.HardwareAddr) (string, error) {
 	req := &api.AddPortRequest{Name: name}
 	if mac != nil {
@@ -77,7 +78,7 @@ func (c *Client) AddPort(ctx context.Context, name string, mac net.HardwareAddr)
 	return resp.SocketPath, nil
 }
 
-// AddLease adds a static lease; see Switch.AddLease.
+// AddLease adds a static lease; see nanoswitch.Switch.AddLease.
 func (c *Client) AddLease(ctx context.Context, l Lease) error {
 	_, err := c.api.AddLease(ctx, &api.Lease{Mac: l.MAC.String(), Address: l.Addr.String(), Hostname: l.Hostname})
 	if err != nil {
@@ -86,7 +87,7 @@ func (c *Client) AddLease(ctx context.Context, l Lease) error {
 	return nil
 }
 
-// Ports returns every port's status; see Switch.Ports.
+// Ports returns every port's status; see nanoswitch.Switch.Ports.
 func (c *Client) Ports(ctx context.Context) ([]PortStatus, error) {
 	resp, err := c.api.Ports(ctx, &api.Empty{})
 	if err != nil {
@@ -106,22 +107,29 @@ func (c *Client) faults(f *api.Faults, err error) (FaultState, error) {
 	if err != nil {
 		return FaultState{}, fmt.Errorf("nanoswitch: %w", err)
 	}
-	return faultsFromAPI(f), nil
+	st := FaultState{Isolated: f.Isolated, Degraded: map[string]Degradation{}}
+	for _, p := range f.Partitions {
+		st.Partitions = append(st.Partitions, [2]string{p.A, p.B})
+	}
+	for _, d := range f.Degraded {
+		st.Degraded[d.Port] = Degradation{LossPercent: d.LossPercent, Delay: time.Duration(d.DelayUs) * time.Microsecond}
+	}
+	return st, nil
 }
 
-// Partition stops traffic between ports a and b; see Switch.Partition.
+// Partition stops traffic between ports a and b; see nanoswitch.Switch.Partition.
 func (c *Client) Partition(ctx context.Context, a, b string) error {
 	_, err := c.faults(c.api.Partition(ctx, &api.PartitionRequest{A: a, B: b}))
 	return err
 }
 
-// Isolate cuts port a off from the other VM ports; see Switch.Isolate.
+// Isolate cuts port a off from the other VM ports; see nanoswitch.Switch.Isolate.
 func (c *Client) Isolate(ctx context.Context, a string) error {
 	_, err := c.faults(c.api.Isolate(ctx, &api.IsolateRequest{Port: a}))
 	return err
 }
 
-// Degrade makes port a lossy and slow; see Switch.Degrade.
+// Degrade makes port a lossy and slow; see nanoswitch.Switch.Degrade.
 func (c *Client) Degrade(ctx context.Context, a string, d Degradation) error {
 	if d.Delay < 0 {
 		return fmt.Errorf("nanoswitch: degrade %s: negative delay %s", a, d.Delay)
