@@ -41,18 +41,26 @@ func (c *Cluster) readImage(ctx context.Context) error {
 		return err
 	}
 	if !c.opts.Unverified {
-		vk, vs, err := disk.ImageBlobs(img, true)
-		if err != nil {
+		if err := verifyImage(ctx, img); err != nil {
 			return err
-		}
-		for _, b := range []disk.Blob{vk, vs} {
-			if err := drain(ctx, b); err != nil {
-				return err
-			}
 		}
 		c.inputs.verified = true
 	}
 	c.inputs.kernel, c.inputs.system = kernel, system
+	return nil
+}
+
+// verifyImage reads the image's OS payloads through their digests.
+func verifyImage(ctx context.Context, img *osimage.Image) error {
+	kernel, system, err := disk.ImageBlobs(img, true)
+	if err != nil {
+		return err
+	}
+	for _, b := range []disk.Blob{kernel, system} {
+		if err := drain(ctx, b); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

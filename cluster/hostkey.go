@@ -6,10 +6,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/qcluster/qcluster/imagebuild/osimage"
 )
 
 // hostKey is the part of a SnapshotKey that the host decides: program and
@@ -64,21 +65,14 @@ func libtpmsVersion() string {
 	return "unknown"
 }
 
-// imageDigest is the digest of the OS image's manifest, from index.json.
+// imageDigest opens the OS image as a launch does (so that it fails the
+// same way) and returns its manifest's digest.
 func imageDigest(dir string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	img, err := osimage.Open(dir)
 	if err != nil {
-		return "", fmt.Errorf("image digest: %w", err)
+		return "", err
 	}
-	var idx struct {
-		Manifests []struct {
-			Digest string `json:"digest"`
-		} `json:"manifests"`
-	}
-	if err := json.Unmarshal(b, &idx); err != nil || len(idx.Manifests) != 1 {
-		return "", fmt.Errorf("image digest: %s/index.json: want one manifest", dir)
-	}
-	return idx.Manifests[0].Digest, nil
+	return img.Digest(), nil
 }
 
 // profileRecord describes a profile for the manifest: its type and its
@@ -97,7 +91,9 @@ func profileRecord(p Profile) (ManifestProfile, error) {
 // the nodes' machines, the subnet and the profile). The name is not part
 // of it: a restored cluster's guests keep the template's, and Options.Name
 // names the restore on this host. It finds the programs and files as
-// Launch does.
+// Launch does, and refuses what Launch would refuse before booting
+// anything (an image that does not open, a state directory it cannot
+// claim), so that a cache fails before it makes a template.
 func TemplateKey(ctx context.Context, opts Options) (string, error) {
 	opts.Snapshot = ""
 	o, err := opts.withDefaults()
@@ -107,6 +103,11 @@ func TemplateKey(ctx context.Context, opts Options) (string, error) {
 	c := &Cluster{opts: o}
 	if err := c.checkHost(ctx); err != nil {
 		return "", err
+	}
+	if o.StateDir != "" {
+		if err := checkStateDir(o.StateDir); err != nil {
+			return "", err
+		}
 	}
 	k, err := c.hostKey(ctx)
 	if err != nil {

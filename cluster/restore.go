@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
+	"github.com/qcluster/qcluster/imagebuild/osimage"
 	"github.com/qcluster/qcluster/internal/atomicfile"
 	"github.com/qcluster/qcluster/qemu"
 )
@@ -129,24 +130,28 @@ func (c *Cluster) checkSnapshot(ctx context.Context) error {
 	if d := m.Key.mismatch(host); d != "" {
 		return fmt.Errorf("%w: %s", ErrBadSnapshot, d)
 	}
-	if c.opts.Image != "" {
-		digest, err := imageDigest(c.host.image)
-		if err != nil {
-			return err
-		}
-		if digest != m.Key.Image {
-			return fmt.Errorf("%w: snapshot made from image %.19s; asked for %s (%.19s)", ErrBadSnapshot, m.Key.Image, c.opts.Image, digest)
-		}
-	}
 	if left := time.Until(m.Cluster.NotAfter); left < time.Hour {
 		return fmt.Errorf("%w: its certificates expire%s (%s): make the snapshot again", ErrBadSnapshot, map[bool]string{true: "d", false: ""}[left <= 0], m.Cluster.NotAfter.Format(time.RFC3339))
 	}
-	for _, n := range m.Nodes {
-		if err := n.checkFiles(c.opts.Snapshot); err != nil {
+	g, gctx := errgroup.WithContext(ctx)
+	if c.opts.Image != "" {
+		// The disks come from the snapshot, but an image given is checked
+		// as a cold launch would check it: a corrupt image fails here too.
+		img, err := osimage.Open(c.host.image)
+		if err != nil {
 			return err
 		}
+		if img.Digest() != m.Key.Image {
+			return fmt.Errorf("%w: snapshot made from image %.19s; asked for %s (%.19s)", ErrBadSnapshot, m.Key.Image, c.opts.Image, img.Digest())
+		}
+		if !c.opts.Unverified {
+			g.Go(func() error { return verifyImage(gctx, img) })
+		}
 	}
-	return nil
+	for _, n := range m.Nodes {
+		g.Go(func() error { return n.checkFiles(c.opts.Snapshot) })
+	}
+	return g.Wait()
 }
 
 // manifestPlan rebuilds the template's plan from its manifest.

@@ -147,6 +147,55 @@ func claimDir(dir string) (*os.File, error) {
 	return lock, nil
 }
 
+// checkStateDir says, changing nothing, whether claimDir would refuse dir,
+// so that a launch with work to do first (making a template) fails before.
+func checkStateDir(dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		// MkdirAll needs the nearest existing ancestor to be writable.
+		p := filepath.Dir(dir)
+		for {
+			if _, err := os.Stat(p); err == nil || p == filepath.Dir(p) {
+				break
+			}
+			p = filepath.Dir(p)
+		}
+		if err := unix.Access(p, unix.W_OK); err != nil {
+			return fmt.Errorf("state directory %s cannot be made in %s: %w", dir, p, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state directory %s is not a directory", dir)
+	}
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		return fmt.Errorf("state directory %s is not writable: %w", dir, err)
+	}
+	if f, err := os.Open(filepath.Join(dir, lockName)); err == nil {
+		defer f.Close() // and so unlocked
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("state directory %s is in use by another cluster", dir)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if e.Name() != lockName {
+			return fmt.Errorf("state directory %s is not empty: remove it or choose another (--state-dir)", dir)
+		}
+	}
+	return nil
+}
+
 // lockDir takes an exclusive lock on dir's lock file, and says whether it
 // made the file.
 func lockDir(dir string) (f *os.File, created bool, err error) {

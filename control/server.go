@@ -95,7 +95,8 @@ func Serve(c *cluster.Cluster, path string, o Options) (*Server, error) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := s.grpc.Serve(ln); err != nil {
+		// ErrServerStopped: Close came before Serve started, a clean end.
+		if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			s.log.Warn("control: serve", "err", err)
 		}
 	}()

@@ -290,6 +290,10 @@ func isSHA256Hex(s string) bool {
 // Config returns a copy of the image's config.
 func (i *Image) Config() Config { return i.config.clone() }
 
+// Digest returns the digest of the image's manifest ("sha256:…"): the
+// image's identity.
+func (i *Image) Digest() string { return i.layout.ManifestDescriptor().Digest.String() }
+
 // Dir returns the image's directory.
 func (i *Image) Dir() string { return i.layout.Dir() }
 
