@@ -83,6 +83,7 @@ func TestFailFast(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := options(1, false)
+			o.Cold = true // a boot to break, not a restore
 			o.StateDir = filepath.Join(t.TempDir(), "state")
 			o.LogDir = t.TempDir()
 			var k killer
