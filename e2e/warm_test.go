@@ -348,8 +348,18 @@ func TestWarmCommand(t *testing.T) {
 	if made.Snapshot.Dir != snap || made.Snapshot.Bytes <= 0 || made.Snapshot.StateBytes <= 0 {
 		t.Errorf("--snapshot summary: %+v", made)
 	}
-	if _, err := cluster.ReadManifest(snap); err != nil {
+	m, err := cluster.ReadManifest(snap)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// Bazel's //e2e:template is made by this command: clustertest must take
+	// it for the options a test asks for, or the build output is wasted.
+	key, err := cluster.TemplateKey(context.Background(), options(1, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.TemplateKey() != key {
+		t.Errorf("the command's snapshot has template key %s; clustertest's options for the same cluster have %s", m.TemplateKey(), key)
 	}
 
 	cmd = newCommand(t, "--restore", snap, "--exit-when-ready", "--json", b)

@@ -3,6 +3,9 @@
 - os_image runs testos/build, the program behind `make image`, as a build
   action, and gives its two outputs Bazel names: the OCI layout as a
   directory (a tree artifact) and the loader as a file.
+- cluster_template boots a cluster cold with the launcher and snapshots it,
+  as a build action: the template that e2e suites restore instead of
+  booting (package resolve finds it through QCLUSTER_TEMPLATE).
 - e2e_test is a go_test with what an end-to-end suite needs: the image, the
   loader and OVMF as data, a large size, an eternal timeout, and tags that
   keep it out of `bazel test //...` and out of the cache. e2e
@@ -93,6 +96,135 @@ links.
             executable = True,
             cfg = "exec",
             mandatory = True,
+        ),
+    },
+)
+
+_MAKE_TEMPLATE = """\
+set -eu
+launcher=$1 out=$2
+shift 2
+# The launcher makes the snapshot directory itself, and refuses one that
+# exists: give it the path of the output, not the directory Bazel made.
+rmdir "$out"
+"$launcher" --cold --exit-when-ready --log-level error --snapshot "$out" "$@"
+"""
+
+def _template_resources(_os, _inputs):
+    # What local scheduling reserves: a cluster under TCG keeps two cores
+    # busy; memory (MB) for three 512 MiB guests and their helpers.
+    return {"cpu": 2, "memory": 2048}
+
+def _cluster_template_impl(ctx):
+    out = ctx.actions.declare_directory(ctx.label.name)
+    image = [f for f in ctx.files.image if f.is_directory]
+    if len(image) != 1:
+        fail("cluster_template: image {} gives no OCI layout directory".format(ctx.attr.image.label))
+    args = ctx.actions.args()
+    args.add(ctx.executable.launcher)
+    args.add(out.path)
+    args.add("--nodes", str(ctx.attr.nodes))
+    args.add("--tpm=%s" % ("true" if ctx.attr.tpm else "false"))
+    args.add("--accel", ctx.attr.accel)
+    args.add("--timeout", ctx.attr.timeout)
+    args.add("--image", image[0].path)
+    args.add("--loader", ctx.file.loader.path)
+    args.add("--ovmf-code", ctx.file.ovmf_code.path)
+    args.add("--ovmf-vars", ctx.file.ovmf_vars.path)
+    args.add_all(ctx.attr.args)
+    ctx.actions.run_shell(
+        command = _MAKE_TEMPLATE,
+        arguments = [args],
+        inputs = image + [ctx.file.loader, ctx.file.ovmf_code, ctx.file.ovmf_vars],
+        tools = [ctx.attr.launcher[DefaultInfo].files_to_run],
+        outputs = [out],
+        # QEMU, swtpm and swtpm_setup come from the host's PATH.
+        use_default_shell_env = True,
+        execution_requirements = {
+            # The snapshot is only good on a host like this one (the
+            # restore checks its key): never build it elsewhere or share it
+            # through a remote cache.
+            "no-remote": "1",
+            # The launcher runs swtpm_setup in a PID namespace of its own
+            # and QEMU wants /dev/kvm where it is real; the sandbox's own
+            # namespaces and device list get in the way of both.
+            "no-sandbox": "1",
+        },
+        resource_set = _template_resources,
+        mnemonic = "ClusterTemplate",
+        progress_message = "Booting and snapshotting cluster template %{label}",
+    )
+    return [DefaultInfo(
+        files = depset([out]),
+        runfiles = ctx.runfiles(files = [out]),
+    )]
+
+cluster_template = rule(
+    implementation = _cluster_template_impl,
+    doc = """A snapshot of a ready cluster, made by a cold launch as a build action.
+
+The output NAME is the snapshot directory (manifest.json and one directory
+per node). Its runfile path, REPO/PACKAGE/NAME/manifest.json, is where package
+resolve looks for a template (resolve.Template): for //e2e:template that is
+qcluster/e2e/template/manifest.json; or set QCLUSTER_TEMPLATE to
+$(rlocationpath :NAME).
+
+clustertest restores it only when its key (QEMU, swtpm, OVMF, accelerator,
+image, loader, machines, subnet, profile) equals the one of the options a
+test asks for, and otherwise uses its template cache: the host's QEMU and
+swtpm are not inputs Bazel sees, so a template built before the host's QEMU
+was upgraded is ignored, not trusted. Rebuild it with
+`bazel build --action_env=QCLUSTER_TEMPLATE_EPOCH=N` or `bazel clean` after
+upgrading them.
+
+Its certificates are valid for a year from the build.
+""",
+    attrs = {
+        "accel": attr.string(
+            doc = "The accelerator, fixed so that the key is the same on every build: tcg or kvm.",
+            default = "tcg",
+            values = ["tcg", "kvm"],
+        ),
+        "args": attr.string_list(
+            doc = "More launcher flags (e.g. --memory 1024); they must match what the tests ask for.",
+        ),
+        "image": attr.label(
+            doc = "The OS image (an os_image target).",
+            default = Label("//testos:image"),
+            allow_files = True,
+        ),
+        "launcher": attr.label(
+            doc = "The cluster command.",
+            default = Label("//launch:cluster"),
+            executable = True,
+            cfg = "exec",
+        ),
+        "loader": attr.label(
+            doc = "The loader of the image.",
+            default = Label("//testos:loader.efi"),
+            allow_single_file = True,
+        ),
+        "nodes": attr.int(
+            doc = "Nodes in the cluster.",
+            default = 3,
+        ),
+        "ovmf_code": attr.label(
+            doc = "OVMF's code image: the one the tests boot (E2E_ENV), or the key differs.",
+            default = Label("@debian_ovmf//:code"),
+            allow_single_file = True,
+        ),
+        "ovmf_vars": attr.label(
+            doc = "OVMF's variable store template, as ovmf_code.",
+            default = Label("@debian_ovmf//:vars"),
+            allow_single_file = True,
+        ),
+        "timeout": attr.string(
+            doc = "How long the cold launch may take (a Go duration).",
+            default = "10m",
+        ),
+        "tpm": attr.bool(
+            doc = "Give every node a TPM.",
+            default = True,
         ),
     },
 )
