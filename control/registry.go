@@ -75,18 +75,29 @@ func (r Registry) Register(e Entry) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(r.path(e.Name), append(b, '\n'), 0o600)
+	err = atomicfile.Write(r.path(e.Name), append(b, '\n'), 0o600)
+	if errors.Is(err, os.ErrNotExist) {
+		// The last other entry's Unregister removed the directory between
+		// open and Write: make it again, once.
+		if err := r.open(); err != nil {
+			return err
+		}
+		err = atomicfile.Write(r.path(e.Name), append(b, '\n'), 0o600)
+	}
+	return err
 }
 
 // Unregister removes the entry of name if it is the launcher pid's.
 func (r Registry) Unregister(name string, pid int) error {
-	e, err := r.read(name)
-	if errors.Is(err, os.ErrNotExist) || (err == nil && e.PID != pid) {
+	if e, err := r.read(name); err == nil && e.PID != pid {
 		return nil
 	}
 	if err := os.Remove(r.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("registry: %w", err)
 	}
+	// The last cluster leaves no directory behind (rmdir fails while
+	// others are listed).
+	_ = os.Remove(r.Dir)
 	return nil
 }
 

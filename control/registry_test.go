@@ -68,6 +68,27 @@ func TestRegistry(t *testing.T) {
 	if err := r.Unregister("alpha", os.Getpid()); err != nil {
 		t.Error(err)
 	}
+	// The last entry out removes the directory; until then it stays.
+	if _, err := os.Stat(r.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("empty registry directory left behind: %v", err)
+	}
+	for _, name := range []string{"one", "two"} {
+		if err := r.Register(Entry{Name: name, PID: os.Getpid(), Socket: sock}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Unregister("one", os.Getpid()); err != nil {
+		t.Error(err)
+	}
+	if _, err := os.Stat(filepath.Join(r.Dir, "two.json")); err != nil {
+		t.Errorf("unregistering one took two with it: %v", err)
+	}
+	if err := r.Unregister("two", os.Getpid()); err != nil {
+		t.Error(err)
+	}
+	if _, err := os.Stat(r.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("empty registry directory left behind: %v", err)
+	}
 	// A directory others can read is refused.
 	open := Registry{Dir: filepath.Join(dir, "open")}
 	if err := os.Mkdir(open.Dir, 0o755); err != nil {
