@@ -74,6 +74,15 @@ type ctlStatus struct {
 	} `json:"nodes"`
 }
 
+func allReady(st ctlStatus) bool {
+	for _, n := range st.Nodes {
+		if n.State != "ready" {
+			return false
+		}
+	}
+	return true
+}
+
 // TestControl drives a detached cluster through the cluster command's
 // subcommands alone, from up --detach to down, and real clients through
 // the host-access proxy: grpcurl as the summary prints it, and raw HTTP
@@ -92,7 +101,9 @@ func TestControl(t *testing.T) {
 	c := ctl{t: t, bin: bin, env: append(os.Environ(), "XDG_RUNTIME_DIR="+xdg, "NO_COLOR=1")}
 	const name = "e2ectl"
 
-	up := c.cmd("up", "--name", name, "--nodes", "2", "--cold", "--accel", "tcg", "--timeout", launchTimeout.String(), "--detach")
+	// Restored from the template TestCluster's clusters come from (made
+	// here if missing), as a user's `cluster up` is.
+	up := c.cmd("up", "--name", name, "--nodes", "3", "--accel", "tcg", "--timeout", launchTimeout.String(), "--detach")
 	up.Dir = root
 	var upErr bytes.Buffer
 	up.Stderr = &upErr
@@ -111,14 +122,14 @@ func TestControl(t *testing.T) {
 			p.Kill()
 		}
 	})
-	if st.Name != name || len(st.Nodes) != 2 || st.Nodes[0].State != "ready" || st.Nodes[1].State != "ready" {
+	if st.Name != name || len(st.Nodes) != 3 || !allReady(st) {
 		t.Fatalf("status after up --detach: %+v", st)
 	}
 	var ls []struct {
 		Name  string
 		Nodes []struct{ Name, State string }
 	}
-	if err := json.Unmarshal([]byte(c.run("ls", "--json")), &ls); err != nil || len(ls) != 1 || ls[0].Name != name || len(ls[0].Nodes) != 2 {
+	if err := json.Unmarshal([]byte(c.run("ls", "--json")), &ls); err != nil || len(ls) != 1 || ls[0].Name != name || len(ls[0].Nodes) != 3 {
 		t.Fatalf("ls --json: %+v %v", ls, err)
 	}
 
@@ -230,21 +241,44 @@ func TestControl(t *testing.T) {
 		pts.Close()
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
+		// The history comes first: the agent's lines are in it (on a
+		// restored node, the line it logs when told it was restored).
+		// Read in a goroutine: /dev/ptmx ignores read deadlines.
+		chunks := make(chan []byte)
+		go func() {
+			defer close(chunks)
+			for {
+				buf := make([]byte, 4096)
+				k, err := ptm.Read(buf)
+				if k > 0 {
+					chunks <- buf[:k]
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
 		var seen bytes.Buffer
-		buf := make([]byte, 4096)
-		_ = ptm.SetReadDeadline(time.Now().Add(time.Minute))
-		// The history comes first: the agent's lines are in it.
+		timeout := time.After(time.Minute)
 		for !strings.Contains(seen.String(), "qcluster") {
-			k, err := ptm.Read(buf)
-			seen.Write(buf[:k])
-			if err != nil {
-				t.Fatalf("console output %q: %v", seen.String(), err)
+			select {
+			case b, ok := <-chunks:
+				if !ok {
+					t.Fatalf("console ended before an agent line: %q", seen.String())
+				}
+				seen.Write(b)
+			case <-timeout:
+				cmd.Process.Kill()
+				t.Fatalf("no agent line on the console within a minute: %q", seen.String())
 			}
 		}
 		if _, err := ptm.Write([]byte{0x1d}); err != nil { // Ctrl-]
 			t.Fatal(err)
 		}
-		go io.Copy(io.Discard, ptm)
+		go func() {
+			for range chunks {
+			}
+		}()
 		select {
 		case err := <-done:
 			if err != nil {

@@ -234,7 +234,11 @@ func (s *managementServer) Restored(_ context.Context, req *api.RestoredRequest)
 	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &to); err != nil {
 		return nil, status.Errorf(codes.Internal, "set clock: %v", err)
 	}
-	return &api.RestoredResponse{SteppedNanos: req.GetUnixNanos() - now.Nano()}, nil
+	stepped := req.GetUnixNanos() - now.Nano()
+	// On the console too: a restored node prints nothing else, and its
+	// console history starts here.
+	s.n.log.Info("qcluster: restored from a snapshot", "clock_stepped", time.Duration(stepped), "entropy_bytes", len(req.GetEntropy()))
+	return &api.RestoredResponse{SteppedNanos: stepped}, nil
 }
 
 // request hands the power change to the main loop, which acts once this
