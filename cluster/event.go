@@ -20,5 +20,6 @@ type Event struct {
 	Step    string        // the step's name, e.g. "Synthesizing disks"
 	Node    string        // for NodeReady
 	Elapsed time.Duration // since the step (StepDone) or the node's QEMU (NodeReady) started
+	Nodes   int           // for NodeReady: how many nodes the cluster has (a restore's options may not say)
 	Err     error
 }

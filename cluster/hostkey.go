@@ -10,30 +10,39 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/qcluster/qcluster/imagebuild/osimage"
 )
 
 // hostKey is the part of a SnapshotKey that the host decides: program and
-// firmware versions and the accelerator.
+// firmware versions and the accelerator. Its parts are found at once:
+// `qemu --version` alone takes ~150 ms (QEMU loads many libraries), most
+// of a restore's checking.
 func (c *Cluster) hostKey(ctx context.Context) (SnapshotKey, error) {
 	k := SnapshotKey{Accel: c.Accel}
-	var err error
-	if k.QEMU, err = programVersion(ctx, c.host.qemu); err != nil {
-		return k, err
-	}
+	var g errgroup.Group
+	g.Go(func() (err error) {
+		k.QEMU, err = programVersion(ctx, c.host.qemu)
+		return err
+	})
 	if c.host.swtpm != "" {
-		if k.Swtpm, err = programVersion(ctx, c.host.swtpm); err != nil {
-			return k, err
+		g.Go(func() (err error) {
+			k.Swtpm, err = programVersion(ctx, c.host.swtpm)
+			k.Libtpms = libtpmsVersion()
+			return err
+		})
+	}
+	g.Go(func() (err error) {
+		if k.OVMFCode, err = hashFile(c.host.ovmf.Code); err != nil {
+			return fmt.Errorf("firmware: %w", err)
 		}
-		k.Libtpms = libtpmsVersion()
-	}
-	if k.OVMFCode, err = hashFile(c.host.ovmf.Code); err != nil {
-		return k, fmt.Errorf("firmware: %w", err)
-	}
-	if k.OVMFVars, err = hashFile(c.host.ovmf.VarsTemplate); err != nil {
-		return k, fmt.Errorf("firmware: %w", err)
-	}
-	return k, nil
+		if k.OVMFVars, err = hashFile(c.host.ovmf.VarsTemplate); err != nil {
+			return fmt.Errorf("firmware: %w", err)
+		}
+		return nil
+	})
+	return k, g.Wait()
 }
 
 // programVersion runs `prog --version` and returns the word after "version"

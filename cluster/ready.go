@@ -61,7 +61,7 @@ func (c *Cluster) waitNode(ctx context.Context, n *Node) error {
 		cancelAttempt()
 		if err == nil {
 			n.setReady()
-			c.progress(Event{Kind: NodeReady, Step: "Waiting for nodes", Node: n.Name, Elapsed: n.Timings().Ready})
+			c.progress(Event{Kind: NodeReady, Step: "Waiting for nodes", Node: n.Name, Elapsed: n.Timings().Ready, Nodes: len(c.Nodes)})
 			return nil
 		}
 		lastErr = err

@@ -123,16 +123,23 @@ func jsonEqual(a, b json.RawMessage) bool {
 // before anything is written or started.
 func (c *Cluster) checkSnapshot(ctx context.Context) error {
 	m := c.manifest
-	host, err := c.hostKey(ctx)
-	if err != nil {
-		return err
-	}
-	if d := m.Key.mismatch(host); d != "" {
-		return fmt.Errorf("%w: %s", ErrBadSnapshot, d)
-	}
 	if left := time.Until(m.Cluster.NotAfter); left < time.Hour {
 		return fmt.Errorf("%w: its certificates expire%s (%s): make the snapshot again", ErrBadSnapshot, map[bool]string{true: "d", false: ""}[left <= 0], m.Cluster.NotAfter.Format(time.RFC3339))
 	}
+	// The host's key, the image and the files are checked at once; the
+	// key's error comes first, as it says most.
+	var keyErr error
+	keyDone := make(chan struct{})
+	go func() {
+		defer close(keyDone)
+		host, err := c.hostKey(ctx)
+		if err == nil {
+			if d := m.Key.mismatch(host); d != "" {
+				err = fmt.Errorf("%w: %s", ErrBadSnapshot, d)
+			}
+		}
+		keyErr = err
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	if c.opts.Image != "" {
 		// The disks come from the snapshot, but an image given is checked
@@ -151,7 +158,12 @@ func (c *Cluster) checkSnapshot(ctx context.Context) error {
 	for _, n := range m.Nodes {
 		g.Go(func() error { return n.checkFiles(c.opts.Snapshot) })
 	}
-	return g.Wait()
+	err := g.Wait()
+	<-keyDone
+	if keyErr != nil {
+		return keyErr
+	}
+	return err
 }
 
 // manifestPlan rebuilds the template's plan from its manifest.
@@ -285,9 +297,11 @@ func (c *Cluster) probe(ctx context.Context, n *Node) error {
 	fixup := n.fixup
 	n.mu.Unlock()
 	if r, ok := c.opts.Profile.(Restorer); ok && fixup {
+		start := time.Now()
 		if err := r.AfterRestore(ctx, c, n); err != nil {
 			return fmt.Errorf("after restore: %w", err)
 		}
+		c.opts.Logger.Debug("restore: fix-up done", "node", n.Name, "took", time.Since(start))
 		n.mu.Lock()
 		n.fixup = false
 		n.mu.Unlock()

@@ -279,7 +279,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	st := newStatus(stderr, fancy)
 	cfg.opts.Logger = slog.New(newNoticeHandler(st, level))
-	cfg.opts.Progress = progressPrinter(st, cfg.opts.Nodes)
+	cfg.opts.Progress = progressPrinter(st)
 	if cfg.opts.SwitchCommand, err = switchmain.Command(); err != nil {
 		fmt.Fprintf(stderr, "cluster: %v\n", err)
 		return 1
@@ -431,7 +431,7 @@ func (w lineWriter) Write(p []byte) (int, error) {
 }
 
 // progressPrinter turns cluster events into step lines.
-func progressPrinter(st *status, nodes int) func(cluster.Event) {
+func progressPrinter(st *status) func(cluster.Event) {
 	ready := 0
 	return func(e cluster.Event) {
 		switch e.Kind {
@@ -442,7 +442,7 @@ func progressPrinter(st *status, nodes int) func(cluster.Event) {
 			st.End(e.Err == nil)
 		case cluster.NodeReady:
 			ready++
-			st.Update(fmt.Sprintf("%s (%d/%d ready)", e.Step, ready, nodes))
+			st.Update(fmt.Sprintf("%s (%d/%d ready)", e.Step, ready, e.Nodes))
 			st.Logf("   %s ready after %s", e.Node, e.Elapsed.Round(10*time.Millisecond))
 		}
 	}
