@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/qcluster/qcluster/nanoswitch/socks5"
+	"github.com/qcluster/qcluster/nanoswitch/hostproxy"
 )
 
 // TestSOCKSRefusals needs no VM: every request here is refused before a
@@ -19,21 +19,21 @@ func TestSOCKSRefusals(t *testing.T) {
 	}
 	for _, c := range []struct {
 		user, pass, target string
-		want               socks5.ReplyError
+		want               hostproxy.ReplyError
 	}{
-		{"socks", "guess", "node0:22", socks5.ReplyError{Code: 0xff, Auth: true}},
-		{"root", "secret", "node0:22", socks5.ReplyError{Code: 0xff, Auth: true}},
-		{"socks", "secret", "127.0.0.1:22", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "8.8.8.8:53", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "10.42.0.1:53", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "10.42.0.255:1", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "[::1]:22", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "example.com:80", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "node9.socks.qcluster.test:22", socks5.ReplyError{Code: socks5.ReplyHostUnreachable}},
+		{"socks", "guess", "node0:22", hostproxy.ReplyError{Code: 0xff, Auth: true}},
+		{"root", "secret", "node0:22", hostproxy.ReplyError{Code: 0xff, Auth: true}},
+		{"socks", "secret", "127.0.0.1:22", hostproxy.ReplyError{Code: hostproxy.ReplyNotAllowed}},
+		{"socks", "secret", "8.8.8.8:53", hostproxy.ReplyError{Code: hostproxy.ReplyNotAllowed}},
+		{"socks", "secret", "10.42.0.1:53", hostproxy.ReplyError{Code: hostproxy.ReplyNotAllowed}},
+		{"socks", "secret", "10.42.0.255:1", hostproxy.ReplyError{Code: hostproxy.ReplyNotAllowed}},
+		{"socks", "secret", "[::1]:22", hostproxy.ReplyError{Code: hostproxy.ReplyNotAllowed}},
+		{"socks", "secret", "example.com:80", hostproxy.ReplyError{Code: hostproxy.ReplyNotAllowed}},
+		{"socks", "secret", "node9.socks.qcluster.test:22", hostproxy.ReplyError{Code: hostproxy.ReplyHostUnreachable}},
 	} {
-		d := &socks5.Dialer{Server: info.Addr.String(), Username: c.user, Password: c.pass}
+		d := &hostproxy.SOCKSDialer{Server: info.Addr.String(), Username: c.user, Password: c.pass}
 		_, err := d.DialContext(t.Context(), "tcp", c.target)
-		var re *socks5.ReplyError
+		var re *hostproxy.ReplyError
 		if !errors.As(err, &re) || *re != c.want {
 			t.Errorf("%s:%s to %s: %v, want %v", c.user, c.pass, c.target, err, &c.want)
 		}
