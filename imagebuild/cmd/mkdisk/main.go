@@ -36,20 +36,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(os.Stderr, "mkdisk: %v\n", err)
 		os.Exit(1)
 	}
 }
-
-// listFlag collects the values of a repeated flag.
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 // sizeFlag is a byte count given as bytes or with a binary unit.
 type sizeFlag int64
@@ -77,7 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(io.Discard)
 	var image, loader, out, seed string
 	var unverified, verbose bool
-	var espFiles listFlag
+	var espFiles []string
 	size, espSize, systemSize := sizeFlag(disk.DefaultSize), sizeFlag(disk.DefaultESPSize), sizeFlag(disk.DefaultSystemSize)
 	fs.StringVar(&image, "image", "", "OS image `DIR` (OCI layout with kernel.efi and system payloads; required)")
 	fs.StringVar(&loader, "loader", "", "EFI boot loader `FILE`, e.g. systemd-bootx64.efi (required)")
@@ -87,7 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Var(&espSize, "esp-size", "ESP `SIZE`, whole MiB")
 	fs.Var(&systemSize, "system-size", "`SIZE` of SYSTEM-A and of SYSTEM-B, whole MiB")
 	fs.BoolVar(&unverified, "unverified", false, "copy payloads without checking their chunk hashes, so they can be reflinked (uncompressed images only)")
-	fs.Var(&espFiles, "esp-file", "add `PATH=FILE` to the ESP: its path there and the file holding it (repeatable)")
+	fs.Func("esp-file", "add `PATH=FILE` to the ESP: its path there and the file holding it (repeatable)", func(v string) error { espFiles = append(espFiles, v); return nil })
 	fs.BoolVar(&verbose, "v", false, "log each stage on stderr")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
