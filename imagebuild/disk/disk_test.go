@@ -139,15 +139,6 @@ func dataIn(t testing.TB, path string, off, n int64) int64 {
 	return pos
 }
 
-func allocated(t testing.TB, path string) int64 {
-	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Blocks * 512
-}
-
 // TestNodeDisk writes a disk and has independent tools check every part.
 func TestNodeDisk(t *testing.T) {
 	needs.Tool(t, "sgdisk", "gdisk")
@@ -264,7 +255,7 @@ func TestNodeDisk(t *testing.T) {
 		}
 	}
 	payloads := int64(len(sys)) + opts.Loader.Size() + opts.Kernel.Size()
-	if a := allocated(t, img); a < payloads || a > payloads+1<<20 {
+	if a := blockdevtest.Allocated(t, img); a < payloads || a > payloads+1<<20 {
 		t.Errorf("the disk allocates %d bytes; want the payloads' %d plus under 1 MiB of metadata", a, payloads)
 	} else {
 		t.Logf("allocated %d bytes for %d bytes of payloads", a, payloads)

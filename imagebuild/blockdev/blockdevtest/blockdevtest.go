@@ -1,14 +1,17 @@
 // Package blockdevtest holds test helpers for code that writes block devices:
-// a reflink-capable XFS file system on a loop device, and a check that two
-// files share extents. It shells out to mkfs.xfs, losetup, mount and
-// filefrag, and skips (or, in CI, fails) the test when they are missing.
+// a reflink-capable XFS file system on a loop device, a check that two
+// files share extents, what a file allocates, and reproducible contents. It
+// shells out to mkfs.xfs, losetup, mount and filefrag, and skips (or, in CI,
+// fails) the test when they are missing.
 package blockdevtest
 
 import (
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/qcluster/qcluster/internal/needs"
@@ -68,6 +71,27 @@ func SharedExtents(t testing.TB, path string) int {
 		}
 	}
 	return n
+}
+
+// Allocated returns the bytes the file system allocated for path.
+func Allocated(t testing.TB, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// Pattern returns size reproducible bytes: the same for the same size and
+// seed.
+func Pattern(size int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, uint64(size)))
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
 }
 
 // run runs a command and returns its stdout, failing t with its stderr.
