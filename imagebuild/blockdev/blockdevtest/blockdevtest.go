@@ -1,11 +1,13 @@
 // Package blockdevtest holds test helpers for code that writes block devices:
 // a reflink-capable XFS file system on a loop device, a check that two
-// files share extents, what a file allocates, and reproducible contents. It
+// files share extents, what a file allocates, a blob's contents, and
+// reproducible contents. It
 // shells out to mkfs.xfs, losetup, mount and filefrag, and skips (or, in CI,
 // fails) the test when they are missing.
 package blockdevtest
 
 import (
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -81,6 +83,22 @@ func Allocated(t testing.TB, path string) int64 {
 		t.Fatal(err)
 	}
 	return st.Blocks * 512
+}
+
+// Read returns all of what b opens (a blockdev.Blob, an OS image's
+// payload).
+func Read(t testing.TB, b interface{ Open() (io.ReadCloser, error) }) []byte {
+	t.Helper()
+	rc, err := b.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
 
 // Pattern returns size reproducible bytes: the same for the same size and
