@@ -30,6 +30,7 @@ import (
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/imagebuild/disk"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
+	"github.com/qcluster/qcluster/internal/cliflag"
 )
 
 func main() {
@@ -65,7 +66,6 @@ flags:
 // after printing the usage for --help.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mkdisk", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var image, loader, out, seed string
 	var unverified, verbose bool
 	var espFiles []string
@@ -80,17 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&unverified, "unverified", false, "copy payloads without checking their chunk hashes, so they can be reflinked (uncompressed images only)")
 	fs.Func("esp-file", "add `PATH=FILE` to the ESP: its path there and the file holding it (repeatable)", func(v string) error { espFiles = append(espFiles, v); return nil })
 	fs.BoolVar(&verbose, "v", false, "log each stage on stderr")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return err
-		}
-		return fmt.Errorf("%w (see --help)", err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	if err := cliflag.Parse(fs, args, stdout, usage); err != nil {
+		return err
 	}
 	for _, f := range []struct{ name, v string }{{"--image", image}, {"--loader", loader}, {"--out", out}} {
 		if f.v == "" {

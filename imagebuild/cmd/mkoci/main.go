@@ -29,6 +29,7 @@ import (
 
 	"github.com/qcluster/qcluster/imagebuild/oci"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
+	"github.com/qcluster/qcluster/internal/cliflag"
 )
 
 func main() {
@@ -52,7 +53,6 @@ flags:
 // printing the usage for --help.
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mkoci", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var payloads, zstd, components []string
 	var info osimage.ProductInfo
 	var out string
@@ -65,17 +65,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&info.Architecture, "arch", "", "architecture in uname -m spelling, e.g. x86_64 (required)")
 	fs.StringVar(&info.BuildInfo, "build-info", "", "free text about the build (default empty)")
 	fs.StringVar(&out, "out", "", "output directory for the OCI layout (required)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return err
-		}
-		return fmt.Errorf("%w (see --help)", err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	if err := cliflag.Parse(fs, args, stdout, usage); err != nil {
+		return err
 	}
 	for _, f := range []struct{ name, v string }{
 		{"--product-id", info.ID}, {"--product-version", info.Version}, {"--arch", info.Architecture}, {"--out", out},
