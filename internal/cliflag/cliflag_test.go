@@ -8,37 +8,38 @@ import (
 	"testing"
 )
 
+// parse runs Parse on a flag set with one flag, -n (default 1), and returns
+// -n, what Parse printed and its error.
+func parse(args ...string) (int, string, error) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	n := fs.Int("n", 1, "a number")
+	var out bytes.Buffer
+	err := Parse(fs, args, &out, "usage: x\n")
+	return *n, out.String(), err
+}
+
 func TestParse(t *testing.T) {
-	for _, tc := range []struct {
-		args    []string
-		wantErr string // "" for none
-		wantOut []string
+	if n, out, err := parse("--n", "3"); n != 3 || out != "" || err != nil {
+		t.Errorf("--n 3: n %d, printed %q, %v", n, out, err)
+	}
+	_, out, err := parse("--help")
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("--help: %v, want flag.ErrHelp", err)
+	}
+	for _, s := range []string{"usage: x\n", "-n int", "a number (default 1)"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("--help printed %q, which lacks %q", out, s)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		want string
 	}{
-		{args: []string{"--n", "3"}},
-		{args: []string{"--help"}, wantErr: flag.ErrHelp.Error(), wantOut: []string{"usage: x\n", "-n int", "a number (default 1)"}},
-		{args: []string{"--m"}, wantErr: "flag provided but not defined: -m (see --help)"},
-		{args: []string{"--n", "3", "extra"}, wantErr: `unexpected argument "extra" (see --help)`},
+		{[]string{"--m"}, "flag provided but not defined: -m (see --help)"},
+		{[]string{"--n", "3", "extra"}, `unexpected argument "extra" (see --help)`},
 	} {
-		fs := flag.NewFlagSet("x", flag.ContinueOnError)
-		n := fs.Int("n", 1, "a number")
-		var out bytes.Buffer
-		err := Parse(fs, tc.args, &out, "usage: x\n")
-		switch {
-		case tc.wantErr == "" && (err != nil || *n != 3):
-			t.Errorf("%q: n %d, %v", tc.args, *n, err)
-		case tc.wantErr != "" && (err == nil || err.Error() != tc.wantErr):
-			t.Errorf("%q: %v, want %q", tc.args, err, tc.wantErr)
-		}
-		if tc.wantErr == flag.ErrHelp.Error() && !errors.Is(err, flag.ErrHelp) {
-			t.Errorf("%q: %v does not wrap flag.ErrHelp", tc.args, err)
-		}
-		for _, s := range tc.wantOut {
-			if !strings.Contains(out.String(), s) {
-				t.Errorf("%q: output %q lacks %q", tc.args, out.String(), s)
-			}
-		}
-		if len(tc.wantOut) == 0 && out.Len() > 0 {
-			t.Errorf("%q: printed %q", tc.args, out.String())
+		if _, out, err := parse(c.args...); err == nil || err.Error() != c.want || out != "" {
+			t.Errorf("%q: %v, printed %q; want %q and nothing printed", c.args, err, out, c.want)
 		}
 	}
 }
