@@ -26,14 +26,21 @@ import (
 // defaultHistory is how many console lines a viewer gets first.
 const defaultHistory = 50
 
+// opening receives a stream's first message, which names the node the
+// stream is about.
+func opening[M interface{ GetNode() int32 }](s *Server, recv func() (M, error)) (M, *cluster.Node, error) {
+	first, err := recv()
+	if err != nil {
+		return first, nil, err
+	}
+	n, err := s.node(first.GetNode())
+	return first, n, err
+}
+
 // Console relays a node's serial console both ways, following the node
 // across reboots: each new QEMU's console is subscribed to as it appears.
 func (s *Server) Console(stream api.Control_ConsoleServer) error {
-	first, err := stream.Recv()
-	if err != nil {
-		return err
-	}
-	n, err := s.node(first.Node)
+	first, n, err := opening(s, stream.Recv)
 	if err != nil {
 		return err
 	}
@@ -109,11 +116,7 @@ func (s *Server) Console(stream api.Control_ConsoleServer) error {
 
 // Connect splices the stream to a TCP connection to a node's port.
 func (s *Server) Connect(stream api.Control_ConnectServer) error {
-	first, err := stream.Recv()
-	if err != nil {
-		return err
-	}
-	n, err := s.node(first.Node)
+	first, n, err := opening(s, stream.Recv)
 	if err != nil {
 		return err
 	}

@@ -102,25 +102,10 @@ func testBadCommand(t *testing.T) {
 			return nil, []string{"PATH=" + bin, "QCLUSTER_QEMU=", "QCLUSTER_SWTPM=", "QCLUSTER_SWTPM_SETUP="}
 		}, want: "swtpm"},
 		{name: "StateDirUnwritable", setup: func(t *testing.T, fix string) ([]string, []string) {
-			needs.Tool(t, "chattr", "e2fsprogs")
-			dir := filepath.Join(fix, "immutable")
-			mkdir(t, dir)
-			// Root may write anywhere, but not into an immutable directory.
-			if out, err := exec.Command("chattr", "+i", dir).CombinedOutput(); err != nil {
-				t.Skipf("chattr +i %s: %v: %s", dir, err, out)
-			}
-			t.Cleanup(func() { exec.Command("chattr", "-i", dir).Run() })
-			return []string{"--state-dir", dir}, nil
+			return []string{"--state-dir", immutableDir(t, fix)}, nil
 		}, want: "immutable"},
 		{name: "StateDirBelowUnwritable", setup: func(t *testing.T, fix string) ([]string, []string) {
-			needs.Tool(t, "chattr", "e2fsprogs")
-			dir := filepath.Join(fix, "immutable")
-			mkdir(t, dir)
-			if out, err := exec.Command("chattr", "+i", dir).CombinedOutput(); err != nil {
-				t.Skipf("chattr +i %s: %v: %s", dir, err, out)
-			}
-			t.Cleanup(func() { exec.Command("chattr", "-i", dir).Run() })
-			return []string{"--state-dir", filepath.Join(dir, "state")}, nil
+			return []string{"--state-dir", filepath.Join(immutableDir(t, fix), "state")}, nil
 		}, want: "immutable/state"},
 		{name: "StateDirInUse", setup: func(t *testing.T, fix string) ([]string, []string) {
 			dir := filepath.Join(fix, "state")
@@ -228,6 +213,20 @@ func snapshot(t *testing.T, dir string) string {
 		return nil
 	})
 	return b.String()
+}
+
+// immutableDir makes fix/immutable with chattr +i (undone at cleanup):
+// root may write anywhere, but not into an immutable directory.
+func immutableDir(t *testing.T, fix string) string {
+	t.Helper()
+	needs.Tool(t, "chattr", "e2fsprogs")
+	dir := filepath.Join(fix, "immutable")
+	mkdir(t, dir)
+	if out, err := exec.Command("chattr", "+i", dir).CombinedOutput(); err != nil {
+		t.Skipf("chattr +i %s: %v: %s", dir, err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", dir).Run() })
+	return dir
 }
 
 func mkdir(t testing.TB, dir string) {

@@ -308,17 +308,9 @@ func TestControl(t *testing.T) {
 		}
 		defer cmd.Wait()
 		defer in.Close()
-		caPEM, err := os.ReadFile(st.CA)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(caPEM)
-		cert, err := tls.LoadX509KeyPair(st.Cert, st.Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn := tls.Client(&stdioConn{r: out, w: in}, &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "node0", NextProtos: []string{"h2"}})
+		cfg := ownerTLS(t, st)
+		cfg.NextProtos = []string{"h2"}
+		conn := tls.Client(&stdioConn{r: out, w: in}, cfg)
 		if err := conn.Handshake(); err != nil {
 			t.Fatalf("TLS handshake with the agent through cluster connect: %v", err)
 		}
@@ -389,6 +381,22 @@ func agentClient(t *testing.T, st ctlStatus) api.MembershipClient {
 	if err != nil {
 		t.Fatal(err)
 	}
+	conn, err := grpc.NewClient("passthrough:///node0:7443",
+		grpc.WithTransportCredentials(credentials.NewTLS(ownerTLS(t, st))),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.(proxy.ContextDialer).DialContext(ctx, "tcp", addr)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return api.NewMembershipClient(conn)
+}
+
+// ownerTLS is the TLS client configuration of the cluster's owner for
+// node0's agent: the cluster CA and the owner's certificate from the status.
+func ownerTLS(t *testing.T, st ctlStatus) *tls.Config {
+	t.Helper()
 	caPEM, err := os.ReadFile(st.CA)
 	if err != nil {
 		t.Fatal(err)
@@ -399,16 +407,7 @@ func agentClient(t *testing.T, st ctlStatus) api.MembershipClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient("passthrough:///node0:7443",
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "node0"})),
-		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return d.(proxy.ContextDialer).DialContext(ctx, "tcp", addr)
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return api.NewMembershipClient(conn)
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "node0"}
 }
 
 func zombie(pid int) bool {

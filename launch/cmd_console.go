@@ -23,11 +23,7 @@ const detachKey = 0x1d
 func consoleCmd(fs *flag.FlagSet) func(context.Context, *env) error {
 	history := fs.Int("history", 50, "recent console lines to show first")
 	return func(ctx context.Context, e *env) error {
-		return withCluster(ctx, e, func(c *control.Client, st *api.ClusterStatus) error {
-			i, err := parseNode(e.args[0], st)
-			if err != nil {
-				return err
-			}
+		return withNode(ctx, e, func(c *control.Client, st *api.ClusterStatus, i int32) error {
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			stream, err := c.Console(ctx)

@@ -29,15 +29,22 @@ func withCluster(ctx context.Context, e *env, fn func(c *control.Client, st *api
 	return fn(c, st)
 }
 
+// withNode is withCluster for the commands whose first argument is a node.
+func withNode(ctx context.Context, e *env, fn func(c *control.Client, st *api.ClusterStatus, i int32) error) error {
+	return withCluster(ctx, e, func(c *control.Client, st *api.ClusterStatus) error {
+		i, err := parseNode(e.args[0], st)
+		if err != nil {
+			return err
+		}
+		return fn(c, st, i)
+	})
+}
+
 func lifecycleCmd(verb string) func(fs *flag.FlagSet) func(context.Context, *env) error {
 	steps := map[string]string{"reboot": "Rebooting", "stop": "Stopping", "start": "Starting", "kill": "Killing"}
 	return func(fs *flag.FlagSet) func(context.Context, *env) error {
 		return func(ctx context.Context, e *env) error {
-			return withCluster(ctx, e, func(c *control.Client, st *api.ClusterStatus) error {
-				i, err := parseNode(e.args[0], st)
-				if err != nil {
-					return err
-				}
+			return withNode(ctx, e, func(c *control.Client, st *api.ClusterStatus, i int32) error {
 				call := map[string]func(context.Context, *api.NodeRequest, ...grpc.CallOption) (*api.NodeResponse, error){
 					"reboot": c.Reboot, "stop": c.Stop, "start": c.Start, "kill": c.Kill,
 				}[verb]
@@ -59,11 +66,7 @@ func lifecycleCmd(verb string) func(fs *flag.FlagSet) func(context.Context, *env
 
 func partitionCmd(fs *flag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
-		return withCluster(ctx, e, func(c *control.Client, st *api.ClusterStatus) error {
-			a, err := parseNode(e.args[0], st)
-			if err != nil {
-				return err
-			}
+		return withNode(ctx, e, func(c *control.Client, st *api.ClusterStatus, a int32) error {
 			b, err := parseNode(e.args[1], st)
 			if err != nil {
 				return err
@@ -79,11 +82,7 @@ func partitionCmd(fs *flag.FlagSet) func(context.Context, *env) error {
 
 func isolateCmd(fs *flag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
-		return withCluster(ctx, e, func(c *control.Client, st *api.ClusterStatus) error {
-			a, err := parseNode(e.args[0], st)
-			if err != nil {
-				return err
-			}
+		return withNode(ctx, e, func(c *control.Client, st *api.ClusterStatus, a int32) error {
 			if _, err := c.Isolate(ctx, &api.NodeRequest{Node: a}); err != nil {
 				return err
 			}
@@ -108,11 +107,7 @@ func degradeCmd(fs *flag.FlagSet) func(context.Context, *env) error {
 		if pct == 0 && d == 0 {
 			return usagef("give --loss, --delay or both (cluster heal removes faults)")
 		}
-		return withCluster(ctx, e, func(c *control.Client, st *api.ClusterStatus) error {
-			a, err := parseNode(e.args[0], st)
-			if err != nil {
-				return err
-			}
+		return withNode(ctx, e, func(c *control.Client, st *api.ClusterStatus, a int32) error {
 			if _, err := c.Degrade(ctx, &api.DegradeRequest{Node: a, LossPercent: pct, DelayMs: d.Milliseconds()}); err != nil {
 				return err
 			}

@@ -125,21 +125,14 @@ func printJSON(e *env, v any) error {
 func statusCmd(fs *flag.FlagSet) func(context.Context, *env) error {
 	asJSON := fs.Bool("json", false, "print the summary as JSON (what up --json writes)")
 	return func(ctx context.Context, e *env) error {
-		c, err := e.open()
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		st, err := statusOf(ctx, c)
-		if err != nil {
-			return err
-		}
-		sum := summaryOf(st)
-		if *asJSON {
-			return printJSON(e, sum)
-		}
-		printStatus(e.stdout, sum)
-		return nil
+		return withCluster(ctx, e, func(_ *control.Client, st *api.ClusterStatus) error {
+			sum := summaryOf(st)
+			if *asJSON {
+				return printJSON(e, sum)
+			}
+			printStatus(e.stdout, sum)
+			return nil
+		})
 	}
 }
 

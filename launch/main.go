@@ -30,6 +30,7 @@ import (
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/cluster/warm"
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
+	"github.com/qcluster/qcluster/internal/cliflag"
 	"github.com/qcluster/qcluster/nanoswitch/switchmain"
 	"github.com/qcluster/qcluster/testos/profile"
 )
@@ -82,11 +83,8 @@ type config struct {
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	// A mistake gets one line (run prints it), --help the usage.
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
-	// The flag package prints the whole usage after every parse error; a
-	// mistake gets one line instead (run prints it), --help the usage.
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
 	c := &config{}
 	o := &c.opts
 	var disk, timeout, cacheMax string
@@ -118,19 +116,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&o.Cold, "cold", false, "boot the cluster instead of restoring it from a cached template")
 	fs.StringVar(&c.cacheDir, "cache-dir", "", "template cache (default: $XDG_CACHE_HOME/qcluster/warm)")
 	fs.StringVar(&cacheMax, "cache-max", "16GiB", "how much disk the template cache may use; least recently used templates go first")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stderr, usage)
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-		}
+	if err := cliflag.Parse(fs, args, stderr, usage); err != nil {
 		return nil, err
 	}
 	if c.detach && c.exitWhenReady {
 		return nil, errors.New("--detach and --exit-when-ready: give one (a detached cluster runs until cluster down)")
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (flags only; see --help)", fs.Arg(0))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

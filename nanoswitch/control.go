@@ -43,14 +43,7 @@ func (s *Switch) startControl() error {
 	g := grpc.NewServer(grpc.WaitForHandlers(true))
 	api.RegisterSwitchServer(g, &controlServer{s: s})
 	s.control, s.controlLn = g, ln
-	if err := s.goroutines(1); err != nil {
-		return err
-	}
-	go func() {
-		defer s.wg.Done()
-		_ = g.Serve(ln)
-	}()
-	return nil
+	return s.spawn(func() { _ = g.Serve(ln) })
 }
 
 type controlServer struct {

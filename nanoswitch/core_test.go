@@ -95,6 +95,15 @@ func (p *peer) recv() string {
 	return string(buf[hdrLen+ethLen:])
 }
 
+// expect fails the test unless the peer's next frame carries want; why
+// says what another frame would mean.
+func (p *peer) expect(want string, why ...string) {
+	p.t.Helper()
+	if got := p.recv(); got != want {
+		p.t.Fatalf("%s got %q, want %q %s", p.name, got, want, strings.Join(why, " "))
+	}
+}
+
 func mac(last byte) net.HardwareAddr { return net.HardwareAddr{0x52, 0x54, 0, 0, 0, last} }
 
 func counters(t testing.TB, sw *Switch, name string) Counters {
@@ -114,25 +123,15 @@ func TestFloodAndLearn(t *testing.T) {
 
 	// Unknown unicast is flooded to every other port.
 	a.send(mac(9), "to nobody")
-	if got := b.recv(); got != "to nobody" {
-		t.Fatalf("b got %q", got)
-	}
-	if got := c.recv(); got != "to nobody" {
-		t.Fatalf("c got %q", got)
-	}
+	b.expect("to nobody")
+	c.expect("to nobody")
 	// a is learned now: b's answer goes to a alone. c's next frame is
 	// b's broadcast marker, which b sent after the answer.
 	b.send(mac(1), "to a")
 	b.send(broadcast, "marker")
-	if got := a.recv(); got != "to a" {
-		t.Fatalf("a got %q", got)
-	}
-	if got := c.recv(); got != "marker" {
-		t.Fatalf("c got %q, want only the marker", got)
-	}
-	if got := a.recv(); got != "marker" {
-		t.Fatalf("a got %q", got)
-	}
+	a.expect("to a")
+	c.expect("marker")
+	a.expect("marker")
 	ca := counters(t, sw, "a")
 	if ca.RxFrames != 1 || ca.TxFrames != 2 || ca.RxBytes != uint64(len(ethFrame(mac(9), mac(1), "to nobody"))) {
 		t.Errorf("a counters %+v", ca)
@@ -154,20 +153,12 @@ func TestStaticMACStays(t *testing.T) {
 	thief := attachPeer(t, sw, "thief", mac(1)) // sends from p's MAC
 	other := attachPeer(t, sw, "other", mac(3))
 	thief.send(broadcast, "claim")
-	if got := p.recv(); got != "claim" {
-		t.Fatalf("p got %q", got)
-	}
-	if got := other.recv(); got != "claim" {
-		t.Fatalf("other got %q", got)
-	}
+	p.expect("claim")
+	other.expect("claim")
 	other.send(mac(1), "for p")
 	other.send(broadcast, "marker")
-	if got := p.recv(); got != "for p" {
-		t.Fatalf("p got %q", got)
-	}
-	if got := thief.recv(); got != "marker" {
-		t.Fatalf("thief got %q, want only the marker", got)
-	}
+	p.expect("for p")
+	thief.expect("marker")
 }
 
 // TestStalledPort: a peer that does not read loses its own frames and
@@ -227,16 +218,10 @@ func TestFaults(t *testing.T) {
 	a.send(mac(2), "blocked")
 	a.send(mac(3), "to c")
 	a.send(broadcast, "bcast")
-	if got := c.recv(); got != "to c" {
-		t.Fatalf("c got %q", got)
-	}
-	if got := c.recv(); got != "bcast" {
-		t.Fatalf("c got %q", got)
-	}
+	c.expect("to c")
+	c.expect("bcast")
 	c.send(mac(2), "marker")
-	if got := b.recv(); got != "marker" {
-		t.Fatalf("b got %q: the partition let a frame through", got)
-	}
+	b.expect("marker", "the partition let a frame through")
 	if fd := counters(t, sw, "b").FaultDrops; fd != 2 {
 		t.Errorf("b fault drops %d, want 2", fd)
 	}
@@ -246,9 +231,7 @@ func TestFaults(t *testing.T) {
 		t.Fatalf("faults after heal: %+v", st)
 	}
 	a.send(mac(2), "healed")
-	if got := b.recv(); got != "healed" {
-		t.Fatalf("b got %q", got)
-	}
+	b.expect("healed")
 
 	// Isolation cuts a from the VM ports but not from the gateway.
 	if err := sw.Isolate("a"); err != nil {
@@ -256,9 +239,7 @@ func TestFaults(t *testing.T) {
 	}
 	a.send(broadcast, "isolated")
 	c.send(broadcast, "marker2")
-	if got := b.recv(); got != "marker2" {
-		t.Fatalf("b got %q: isolation let a frame through", got)
-	}
+	b.expect("marker2", "isolation let a frame through")
 	if drop, _ := sw.faults.Load().verdict("a", GatewayPort); drop {
 		t.Error("isolation cut a from the gateway")
 	}
@@ -274,9 +255,7 @@ func TestFaults(t *testing.T) {
 	}
 	start := time.Now()
 	a.send(mac(2), "late")
-	if got := b.recv(); got != "late" {
-		t.Fatalf("b got %q", got)
-	}
+	b.expect("late")
 	if d := time.Since(start); d < 50*time.Millisecond {
 		t.Errorf("delayed frame arrived after %s, before its 50ms delay", d)
 	}
@@ -311,9 +290,7 @@ func TestReattach(t *testing.T) {
 		t.Fatalf("old connection: %v, want EOF", err)
 	}
 	a.send(mac(2), "to new b")
-	if got := b.recv(); got != "to new b" {
-		t.Fatalf("b got %q", got)
-	}
+	b.expect("to new b")
 	if n := counters(t, sw, "b").Connects; n != 2 {
 		t.Errorf("connects %d, want 2", n)
 	}
@@ -327,9 +304,7 @@ func TestMalformedFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.send(broadcast, "ok")
-	if got := b.recv(); got != "ok" {
-		t.Fatalf("b got %q", got)
-	}
+	b.expect("ok")
 	if c := counters(t, sw, "a"); c.RxDrops != 1 || c.RxFrames != 2 {
 		t.Errorf("a counters %+v", c)
 	}

@@ -95,11 +95,7 @@ func (s *Switch) startDHCP() error {
 	}
 	conn := gonet.NewUDPConn(&wq, ep)
 	s.services = append(s.services, conn.Close)
-	if err := s.goroutines(1); err != nil {
-		return err
-	}
-	go func() {
-		defer s.wg.Done()
+	return s.spawn(func() {
 		buf := make([]byte, 1500)
 		for {
 			n, _, err := conn.ReadFrom(buf)
@@ -123,8 +119,7 @@ func (s *Switch) startDHCP() error {
 				s.cfg.Logger.Warn("dhcp: reply failed", "mac", req.ClientHWAddr.String(), "err", err)
 			}
 		}
-	}()
-	return nil
+	})
 }
 
 // dhcpReply answers a DHCP request, or returns nil if it gets no answer.

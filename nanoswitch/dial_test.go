@@ -2,47 +2,11 @@ package nanoswitch
 
 import (
 	"errors"
-	"net/netip"
 	"testing"
-
-	"github.com/qcluster/qcluster/nanoswitch/socks5"
 )
 
-// TestSOCKSRefusals needs no VM: every request here is refused before a
-// node would be dialled.
-func TestSOCKSRefusals(t *testing.T) {
-	sw := newTestSwitch(t, Config{Name: "socks", SOCKS: true, SOCKSPassword: "secret",
-		Leases: []Lease{{MAC: mac(1), Addr: netip.MustParseAddr("10.42.0.10"), Hostname: "node0"}}})
-	info, ok := sw.SOCKS()
-	if !ok || !info.Addr.Addr().IsLoopback() || info.Username != "socks" || info.Password != "secret" {
-		t.Fatalf("socks info %+v %v", info, ok)
-	}
-	for _, c := range []struct {
-		user, pass, target string
-		want               socks5.ReplyError
-	}{
-		{"socks", "guess", "node0:22", socks5.ReplyError{Code: 0xff, Auth: true}},
-		{"root", "secret", "node0:22", socks5.ReplyError{Code: 0xff, Auth: true}},
-		{"socks", "secret", "127.0.0.1:22", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "8.8.8.8:53", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "10.42.0.1:53", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "10.42.0.255:1", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "[::1]:22", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "example.com:80", socks5.ReplyError{Code: socks5.ReplyNotAllowed}},
-		{"socks", "secret", "node9.socks.qcluster.test:22", socks5.ReplyError{Code: socks5.ReplyHostUnreachable}},
-	} {
-		d := &socks5.Dialer{Server: info.Addr.String(), Username: c.user, Password: c.pass}
-		_, err := d.DialContext(t.Context(), "tcp", c.target)
-		var re *socks5.ReplyError
-		if !errors.As(err, &re) || *re != c.want {
-			t.Errorf("%s:%s to %s: %v, want %v", c.user, c.pass, c.target, err, &c.want)
-		}
-	}
-}
-
 func TestDialContextRefusals(t *testing.T) {
-	sw := newTestSwitch(t, Config{Name: "dial",
-		Leases: []Lease{{MAC: mac(1), Addr: netip.MustParseAddr("10.42.0.10"), Hostname: "node0"}}})
+	sw := node0Switch(t, Config{Name: "dial"})
 	for addr, want := range map[string]error{
 		"127.0.0.1:22":                ErrNotCluster,
 		"10.42.0.1:53":                ErrNotCluster,

@@ -44,11 +44,7 @@ func (s *Switch) startDNS() error {
 		return fmt.Errorf("udp port %d: %w", dnsPort, err)
 	}
 	s.services = append(s.services, uc.Close)
-	if err := s.goroutines(1); err != nil {
-		return err
-	}
-	go func() {
-		defer s.wg.Done()
+	if err := s.spawn(func() {
 		buf := make([]byte, 4096)
 		for {
 			n, peer, err := uc.ReadFrom(buf)
@@ -61,43 +57,26 @@ func (s *Switch) startDNS() error {
 					_, _ = uc.WriteTo(resp, peer)
 				}
 			}
-			if s.cfg.AllowOutbound && s.goroutines(1) == nil { // may wait for the host's resolver
-				go func() {
-					defer s.wg.Done()
-					reply()
-				}()
-			} else {
+			if !s.cfg.AllowOutbound || s.spawn(reply) != nil { // may wait for the host's resolver
 				reply()
 			}
 		}
-	}()
+	}); err != nil {
+		return err
+	}
 	ln, err := gonet.ListenTCP(s.stack, *laddr, ipv4.ProtocolNumber)
 	if err != nil {
 		return fmt.Errorf("tcp port %d: %w", dnsPort, err)
 	}
 	s.services = append(s.services, ln.Close)
-	if err := s.goroutines(1); err != nil {
-		return err
-	}
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed
-			}
-			if s.goroutines(1) != nil {
-				c.Close()
-				return
-			}
-			go func() { // ends at the latest when Close closes the stack
-				defer s.wg.Done()
+	return s.spawn(func() {
+		acceptAll(ln, func(c net.Conn) error {
+			return s.spawn(func() { // ends at the latest when Close closes the stack
 				defer c.Close()
 				s.serveDNSConn(c)
-			}()
-		}
-	}()
-	return nil
+			})
+		})
+	})
 }
 
 // serveDNSConn answers queries on a TCP connection: each message is

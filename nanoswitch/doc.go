@@ -16,10 +16,10 @@
 //     (GatewayPort). It serves DHCP with static leases by MAC (hostname,
 //     domain and search list included) and DNS for the cluster's names
 //     ("node0", "node0.<cluster>.qcluster.test", reverse names), and is the
-//     source of host connections: DialContext for Go callers, SOCKS5 on
-//     127.0.0.1 with per-cluster credentials for other tools (server and
-//     client in package nanoswitch/socks5). Both reach cluster addresses
-//     only.
+//     source of host connections: DialContext for Go callers, SOCKS5 and
+//     HTTP CONNECT on one 127.0.0.1 port with per-cluster credentials for
+//     other tools (servers and SOCKS5 client in package
+//     nanoswitch/hostproxy). Both reach cluster addresses only.
 //   - Hermetic by default: guests reach the cluster's own addresses and
 //     nothing else; names outside the domain get NXDOMAIN. AllowOutbound
 //     proxies guests' TCP and UDP to the host's networks and resolves other

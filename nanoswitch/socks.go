@@ -10,13 +10,11 @@ import (
 	"net/netip"
 	"syscall"
 
-	"github.com/qcluster/qcluster/nanoswitch/httpproxy"
-	"github.com/qcluster/qcluster/nanoswitch/relay"
-	"github.com/qcluster/qcluster/nanoswitch/socks5"
+	"github.com/qcluster/qcluster/nanoswitch/hostproxy"
 )
 
-// The host-access port for tools outside the process: SOCKS5 (package
-// socks5) and HTTP CONNECT (package httpproxy) on one loopback port, told
+// The host-access port for tools outside the process: SOCKS5 and HTTP
+// CONNECT (package hostproxy) on one loopback port, told
 // apart by the client's first byte (0x05 opens a SOCKS5 greeting; an HTTP
 // request starts with a letter). Both check the same credentials and
 // connect through hostDial, so they reach the cluster's addresses and names
@@ -53,10 +51,11 @@ func (s *Switch) startSOCKS() error {
 	if err != nil {
 		return err
 	}
+	cfg := hostproxy.Config{Username: s.cfg.SOCKSUsername, Password: s.cfg.SOCKSPassword, Dial: s.hostDial, Logger: s.cfg.Logger}
 	h := &hostAccess{
-		mux:   relay.NewMux(ln, func(b byte) bool { return b == socks5.Version }, 0),
-		socks: &socks5.Server{Username: s.cfg.SOCKSUsername, Password: s.cfg.SOCKSPassword, Dial: s.hostDial, Logger: s.cfg.Logger},
-		http:  &httpproxy.Server{Username: s.cfg.SOCKSUsername, Password: s.cfg.SOCKSPassword, Dial: s.hostDial, Logger: s.cfg.Logger},
+		mux:   hostproxy.NewMux(ln, func(b byte) bool { return b == hostproxy.SOCKSVersion }, 0),
+		socks: &hostproxy.SOCKSServer{Config: cfg},
+		http:  &hostproxy.HTTPServer{Config: cfg},
 	}
 	if err := s.goroutines(3); err != nil {
 		ln.Close()
@@ -82,9 +81,9 @@ func (s *Switch) startSOCKS() error {
 
 // hostAccess is the host-access port's listener mux and its two servers.
 type hostAccess struct {
-	mux   *relay.Mux
-	socks *socks5.Server
-	http  *httpproxy.Server
+	mux   *hostproxy.Mux
+	socks *hostproxy.SOCKSServer
+	http  *hostproxy.HTTPServer
 }
 
 func (h *hostAccess) Close() error {
@@ -95,12 +94,12 @@ func (h *hostAccess) Close() error {
 }
 
 // hostDial is DialContext with the switch's refusals translated into the
-// answers they deserve (relay.ErrNotAllowed: SOCKS5 0x02, HTTP 403).
+// answers they deserve (hostproxy.ErrNotAllowed: SOCKS5 0x02, HTTP 403).
 func (s *Switch) hostDial(ctx context.Context, network, address string) (net.Conn, error) {
 	c, err := s.DialContext(ctx, network, address)
 	switch {
 	case errors.Is(err, ErrNotCluster):
-		return nil, fmt.Errorf("%w: %w", relay.ErrNotAllowed, err)
+		return nil, fmt.Errorf("%w: %w", hostproxy.ErrNotAllowed, err)
 	case errors.Is(err, ErrUnknownHost):
 		return nil, fmt.Errorf("%w: %w", syscall.EHOSTUNREACH, err)
 	}

@@ -146,6 +146,34 @@ func (s *Switch) goroutines(n int) error {
 	return nil
 }
 
+// spawn runs fn on a goroutine that Close waits for, or returns ErrClosed
+// once the switch is closed.
+func (s *Switch) spawn(fn func()) error {
+	if err := s.goroutines(1); err != nil {
+		return err
+	}
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+	return nil
+}
+
+// acceptAll hands each connection ln accepts to handle, until ln is closed
+// or handle fails (then the connection is closed too).
+func acceptAll(ln net.Listener, handle func(net.Conn) error) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		if err := handle(c); err != nil {
+			c.Close()
+			return
+		}
+	}
+}
+
 func (s *Switch) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -241,22 +269,9 @@ func (s *Switch) AddPort(name string, mac net.HardwareAddr) (string, error) {
 		ln.Close()
 		return "", fmt.Errorf("%s: %w", what, err)
 	}
-	if err := s.goroutines(1); err != nil {
+	if err := s.spawn(func() { acceptAll(ln, p.attach) }); err != nil {
 		return "", fmt.Errorf("%s: %w", what, err) // Close closes ln
 	}
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return // closed
-			}
-			if err := p.attach(c); err != nil {
-				c.Close()
-				return
-			}
-		}
-	}()
 	s.cfg.Logger.Info("port added", "port", name, "mac", macString(mac), "socket", path)
 	return path, nil
 }

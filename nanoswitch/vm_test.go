@@ -28,7 +28,7 @@ import (
 
 	"github.com/qcluster/qcluster/internal/needs"
 	"github.com/qcluster/qcluster/internal/testvm"
-	"github.com/qcluster/qcluster/nanoswitch/socks5"
+	"github.com/qcluster/qcluster/nanoswitch/hostproxy"
 )
 
 // Tests with real QEMU guests under TCG. The guest (testdata/guest) takes a
@@ -503,7 +503,7 @@ func TestGuests(t *testing.T) {
 		t.Logf("guest→guest: %d MB in %s: %.1f MB/s", n/1_000_000, time.Duration(ns).Round(time.Millisecond), mbps(n, time.Duration(ns)))
 		// and through SOCKS5, as an outside tool would
 		info, _ := sw.SOCKS()
-		socks := &socks5.Dialer{Server: info.Addr.String(), Username: info.Username, Password: info.Password}
+		socks := &hostproxy.SOCKSDialer{Server: info.Addr.String(), Username: info.Username, Password: info.Password}
 		cnt, d := sendToSink(t, socks.DialContext, "node1", n)
 		if cnt != n {
 			t.Fatalf("host→guest through SOCKS5: sink counted %d of %d bytes", cnt, n)

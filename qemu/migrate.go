@@ -24,16 +24,7 @@ const maxBandwidth = 1 << 40 // bytes per second
 // (QMP().Stop) so that the state and the disks match; it stays paused, and
 // Cont resumes it. path must not exist or is replaced.
 func (v *VM) SaveState(ctx context.Context, path string) error {
-	if err := v.migrationSetup(ctx); err != nil {
-		return fmt.Errorf("save state of %s: %w", v.m.Name, err)
-	}
-	uri := "exec:cat > " + shellquote.Join(path)
-	if err := v.qmp.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil {
-		return fmt.Errorf("save state of %s: %w", v.m.Name, err)
-	}
-	if err := v.awaitMigration(ctx); err != nil {
-		// A stream that did not complete is worthless; stop it.
-		_ = v.qmp.Execute(context.Background(), "migrate_cancel", nil, nil)
+	if err := v.migrate(ctx, "migrate", "exec:cat > "+shellquote.Join(path)); err != nil {
 		return fmt.Errorf("save state of %s: %w", v.m.Name, err)
 	}
 	return nil
@@ -45,15 +36,27 @@ func (v *VM) LoadState(ctx context.Context, path string) error {
 	if !v.m.Incoming {
 		return fmt.Errorf("load state of %s: the machine was not started to receive one (Machine.Incoming)", v.m.Name)
 	}
-	if err := v.migrationSetup(ctx); err != nil {
-		return fmt.Errorf("load state of %s: %w", v.m.Name, err)
+	if err := v.migrate(ctx, "migrate-incoming", "exec:cat "+shellquote.Join(path)); err != nil {
+		return fmt.Errorf("load state of %s from %s: %w", v.m.Name, path, err)
 	}
-	uri := "exec:cat " + shellquote.Join(path)
-	if err := v.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil); err != nil {
-		return fmt.Errorf("load state of %s: %w", v.m.Name, err)
+	return nil
+}
+
+// migrate runs a migration, outgoing ("migrate") or incoming
+// ("migrate-incoming"), through uri and waits until it has completed.
+func (v *VM) migrate(ctx context.Context, command, uri string) error {
+	if err := v.migrationSetup(ctx); err != nil {
+		return err
+	}
+	if err := v.qmp.Execute(ctx, command, map[string]any{"uri": uri}, nil); err != nil {
+		return err
 	}
 	if err := v.awaitMigration(ctx); err != nil {
-		return fmt.Errorf("load state of %s from %s: %w", v.m.Name, path, err)
+		if command == "migrate" {
+			// A stream that did not complete is worthless; stop it.
+			_ = v.qmp.Execute(context.Background(), "migrate_cancel", nil, nil)
+		}
+		return err
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qcluster/qcluster/internal/testerr"
 )
 
 func touch(t *testing.T, p string) string {
@@ -67,17 +69,7 @@ func TestNotFoundSaysWhatWasTried(t *testing.T) {
 	t.Setenv("RUNFILES_DIR", "")
 	t.Setenv("QCLUSTER_SWTPM", "")
 	_, err := Find(Swtpm(""))
-	if !errors.Is(err, ErrNotFound) {
-		t.Fatalf("got %v", err)
-	}
-	for _, want := range []string{"swtpm on PATH", "$QCLUSTER_SWTPM", "apt-get install"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not mention %q", err, want)
-		}
-	}
-	if strings.Contains(err.Error(), "\n") {
-		t.Errorf("error is not one line: %q", err)
-	}
+	testerr.Want(t, err, ErrNotFound, "swtpm on PATH", "$QCLUSTER_SWTPM", "apt-get install")
 }
 
 func TestRepoRelativeGlobTakesTheNewest(t *testing.T) {

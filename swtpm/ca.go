@@ -90,10 +90,7 @@ func NewCA(ctx context.Context, dir string, opts CAOptions) (*CA, error) {
 }
 
 func newCA(ctx context.Context, dir string, opts CAOptions) (*CA, error) {
-	if dir == "" {
-		return nil, errors.New("no directory given")
-	}
-	dir, err := filepath.Abs(dir)
+	dir, err := absPath("directory", dir)
 	if err != nil {
 		return nil, err
 	}
@@ -357,6 +354,15 @@ func (ca *CA) writeConfig() error {
 		}
 	}
 	return nil
+}
+
+// absPath returns path (what it is, for the error) made absolute; an empty
+// path is an error.
+func absPath(what, path string) (string, error) {
+	if path == "" {
+		return "", fmt.Errorf("no %s given", what)
+	}
+	return filepath.Abs(path)
 }
 
 // configSafe rejects paths that swtpm_setup's and swtpm_localca's config

@@ -75,10 +75,7 @@ func (ca *CA) Manufacture(ctx context.Context, stateDir string, opts Manufacture
 }
 
 func (ca *CA) manufacture(ctx context.Context, stateDir string, opts ManufactureOptions) (*Manufactured, error) {
-	if stateDir == "" {
-		return nil, errors.New("no state directory given")
-	}
-	stateDir, err := filepath.Abs(stateDir)
+	stateDir, err := absPath("state directory", stateDir)
 	if err != nil {
 		return nil, err
 	}

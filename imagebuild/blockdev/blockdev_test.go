@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/qcluster/qcluster/imagebuild/blockdev/blockdevtest"
 )
 
 // devices is the shared table: every implementation must pass the same tests.
@@ -183,16 +183,6 @@ func TestSectionBounds(t *testing.T) {
 	}
 }
 
-// allocated returns the bytes the file system allocated for path.
-func allocated(t *testing.T, path string) int64 {
-	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Blocks * 512
-}
-
 func TestFileStaysSparse(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "dev")
 	d, err := Create(path, 64<<20)
@@ -200,17 +190,17 @@ func TestFileStaysSparse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if a := allocated(t, path); a != 0 {
+	if a := blockdevtest.Allocated(t, path); a != 0 {
 		t.Fatalf("a new 64 MiB device allocates %d bytes, want 0", a)
 	}
 	d.WriteAt(random(1<<20, 4), 8<<20)
-	if a := allocated(t, path); a < 1<<20 || a > 1<<20+64<<10 {
+	if a := blockdevtest.Allocated(t, path); a < 1<<20 || a > 1<<20+64<<10 {
 		t.Fatalf("after a 1 MiB write the device allocates %d bytes", a)
 	}
 	if err := d.Zero(8<<20, 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	if a := allocated(t, path); a != 0 {
+	if a := blockdevtest.Allocated(t, path); a != 0 {
 		t.Fatalf("after Zero the device allocates %d bytes, want 0 (hole punched)", a)
 	}
 	if _, err := Create(path, 512); err == nil {

@@ -81,20 +81,6 @@ func testOptions(t testing.TB, dir string) Options {
 	}
 }
 
-func read(t testing.TB, b Blob) []byte {
-	t.Helper()
-	rc, err := b.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
-
 type sfdiskPart struct {
 	Start, Size      uint64
 	Type, UUID, Name string
@@ -137,15 +123,6 @@ func dataIn(t testing.TB, path string, off, n int64) int64 {
 		t.Fatal(err)
 	}
 	return pos
-}
-
-func allocated(t testing.TB, path string) int64 {
-	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Blocks * 512
 }
 
 // TestNodeDisk writes a disk and has independent tools check every part.
@@ -228,12 +205,12 @@ func TestNodeDisk(t *testing.T) {
 	fat32test.Fsck(t, img, esp.Offset(), esp.Size())
 	files := fat32test.Files(t, img, esp.Offset())
 	wantFiles := map[string][]byte{
-		disklayout.LoaderPath:     read(t, opts.Loader),
+		disklayout.LoaderPath:     blockdevtest.Read(t, opts.Loader),
 		disklayout.LoaderConfPath: []byte(disklayout.LoaderConf),
-		disklayout.KernelPath:     read(t, opts.Kernel),
+		disklayout.KernelPath:     blockdevtest.Read(t, opts.Kernel),
 	}
 	for _, e := range opts.ExtraESPFiles {
-		wantFiles[e.Path] = read(t, e.Blob)
+		wantFiles[e.Path] = blockdevtest.Read(t, e.Blob)
 	}
 	for p, b := range wantFiles {
 		if !bytes.Equal(files[p], b) {
@@ -245,7 +222,7 @@ func TestNodeDisk(t *testing.T) {
 	}
 
 	// SYSTEM-A is the payload, then zeroes.
-	sys := read(t, opts.System)
+	sys := blockdevtest.Read(t, opts.System)
 	got := make([]byte, sysA.Size())
 	if _, err := f.ReadAt(got, sysA.Offset()); err != nil {
 		t.Fatal(err)
@@ -264,7 +241,7 @@ func TestNodeDisk(t *testing.T) {
 		}
 	}
 	payloads := int64(len(sys)) + opts.Loader.Size() + opts.Kernel.Size()
-	if a := allocated(t, img); a < payloads || a > payloads+1<<20 {
+	if a := blockdevtest.Allocated(t, img); a < payloads || a > payloads+1<<20 {
 		t.Errorf("the disk allocates %d bytes; want the payloads' %d plus under 1 MiB of metadata", a, payloads)
 	} else {
 		t.Logf("allocated %d bytes for %d bytes of payloads", a, payloads)
@@ -348,7 +325,7 @@ func TestReflinkXFS(t *testing.T) {
 	// each file; what matters is that the bytes are right.
 	f, _ := os.Open(img)
 	defer f.Close()
-	sys := read(t, opts.System)
+	sys := blockdevtest.Read(t, opts.System)
 	got := make([]byte, len(sys))
 	f.ReadAt(got, 1<<20+opts.ESPSize)
 	if !bytes.Equal(got, sys) {

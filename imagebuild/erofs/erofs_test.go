@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,19 +15,11 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/qcluster/qcluster/imagebuild/blockdev/blockdevtest"
 	"github.com/qcluster/qcluster/internal/needs"
 )
 
 const testMTime = 1700000000
-
-func pattern(size int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, uint64(size)))
-	b := make([]byte, size)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // testTree exercises every layout decision: inline and plain tails, empty
 // files, exact blocks, multi-block directories, extended inodes, odd names.
@@ -38,11 +29,11 @@ func testTree() []Entry {
 		{Path: "etc/os-release", Mode: 0o644, Data: Bytes("NAME=qcluster\nVERSION_ID=1\n")},
 		{Path: "etc/empty", Mode: 0o600},
 		{Path: "etc/ssl", Mode: fs.ModeDir | 0o700, UID: 1000, GID: 1000},
-		{Path: "usr/bin/agent", Mode: 0o755, Data: Bytes(pattern(1<<20+123, 1))},
-		{Path: "usr/bin/sudo", Mode: 0o755 | fs.ModeSetuid, Data: Bytes(pattern(4096, 2))},
-		{Path: "usr/bin/sg", Mode: 0o755 | fs.ModeSetgid, Data: Bytes(pattern(4097, 3))},
-		{Path: "usr/bin/almost", Mode: 0o644, Data: Bytes(pattern(4095, 4))},
-		{Path: "usr/bin/tail4000", Mode: 0o644, Data: Bytes(pattern(8192+4000, 5))},
+		{Path: "usr/bin/agent", Mode: 0o755, Data: Bytes(blockdevtest.Pattern(1<<20+123, 1))},
+		{Path: "usr/bin/sudo", Mode: 0o755 | fs.ModeSetuid, Data: Bytes(blockdevtest.Pattern(4096, 2))},
+		{Path: "usr/bin/sg", Mode: 0o755 | fs.ModeSetgid, Data: Bytes(blockdevtest.Pattern(4097, 3))},
+		{Path: "usr/bin/almost", Mode: 0o644, Data: Bytes(blockdevtest.Pattern(4095, 4))},
+		{Path: "usr/bin/tail4000", Mode: 0o644, Data: Bytes(blockdevtest.Pattern(8192+4000, 5))},
 		{Path: "tmp", Mode: fs.ModeDir | 0o777 | fs.ModeSticky},
 		{Path: "bin", Mode: fs.ModeSymlink | 0o777, Target: "usr/bin"},
 		{Path: "usr/lib/long-link", Mode: fs.ModeSymlink | 0o777, Target: strings.Repeat("x/", 1000) + "end"},
@@ -338,13 +329,13 @@ func FuzzWrite(f *testing.F) {
 	f.Add(uint16(8191), uint16(4000), uint16(4030), uint8(0))
 	f.Fuzz(func(t *testing.T, a, b, c uint16, nfiles uint8) {
 		es := []Entry{
-			{Path: "a", Mode: 0o644, Data: Bytes(pattern(int(a), 1))},
-			{Path: "d/b", Mode: 0o644, Data: Bytes(pattern(int(b), 2))},
-			{Path: "d/c", Mode: 0o644, Data: Bytes(pattern(int(c)*3, 3))},
+			{Path: "a", Mode: 0o644, Data: Bytes(blockdevtest.Pattern(int(a), 1))},
+			{Path: "d/b", Mode: 0o644, Data: Bytes(blockdevtest.Pattern(int(b), 2))},
+			{Path: "d/c", Mode: 0o644, Data: Bytes(blockdevtest.Pattern(int(c)*3, 3))},
 		}
 		for i := range int(nfiles) {
 			es = append(es, Entry{Path: fmt.Sprintf("d/e/%s%d", strings.Repeat("x", int(a)%200), i),
-				Mode: 0o644, Data: Bytes(pattern(int(b)%5000+i, 4))})
+				Mode: 0o644, Data: Bytes(blockdevtest.Pattern(int(b)%5000+i, 4))})
 		}
 		img := writeImage(t, es, Options{})
 		dir := filepath.Join(t.TempDir(), "x")

@@ -321,41 +321,57 @@ func indexWith(t *testing.T, ds ...ispec.Descriptor) string {
 	return string(b)
 }
 
-func TestOpenMissingLayoutFile(t *testing.T) {
-	tl := writeTestLayout(t, t.TempDir())
-	os.Remove(filepath.Join(tl.dir, "oci-layout"))
-	_, err := Open(tl.dir)
-	testerr.Want(t, err, ErrLayout, "oci-layout is missing")
-}
-
-func TestOpenWrongLayoutVersion(t *testing.T) {
-	tl := writeTestLayout(t, t.TempDir())
-	rewrite(t, tl.dir, "oci-layout", `{"imageLayoutVersion":"2.0.0"}`)
-	_, err := Open(tl.dir)
-	testerr.Want(t, err, ErrLayout, `imageLayoutVersion "2.0.0"`, "1.0.0")
-}
-
-func TestOpenIndexWithNoManifest(t *testing.T) {
-	tl := writeTestLayout(t, t.TempDir())
-	rewrite(t, tl.dir, "index.json", indexWith(t))
-	_, err := Open(tl.dir)
-	testerr.Want(t, err, ErrLayout, "lists 0 manifests")
-}
-
-func TestOpenIndexWithTwoManifests(t *testing.T) {
-	tl := writeTestLayout(t, t.TempDir())
-	rewrite(t, tl.dir, "index.json", indexWith(t, tl.manifest, tl.manifest))
-	_, err := Open(tl.dir)
-	testerr.Want(t, err, ErrLayout, "lists 2 manifests")
-}
-
-func TestOpenUnknownManifestMediaType(t *testing.T) {
-	tl := writeTestLayout(t, t.TempDir())
-	d := tl.manifest
-	d.MediaType = "application/vnd.docker.distribution.manifest.v2+json"
-	rewrite(t, tl.dir, "index.json", indexWith(t, d))
-	_, err := Open(tl.dir)
-	testerr.Want(t, err, ErrLayout, "manifest media type", d.MediaType)
+// TestOpenBroken: Open refuses a layout broken in each of these ways, with
+// the sentinel a caller acts on and an error that names the fault.
+func TestOpenBroken(t *testing.T) {
+	withManifest := func(change func(d *ispec.Descriptor)) func(t *testing.T, tl *testLayout) {
+		return func(t *testing.T, tl *testLayout) {
+			d := tl.manifest
+			change(&d)
+			rewrite(t, tl.dir, "index.json", indexWith(t, d))
+		}
+	}
+	const docker = "application/vnd.docker.distribution.manifest.v2+json"
+	for _, tc := range []struct {
+		name     string
+		breakIt  func(t *testing.T, tl *testLayout)
+		sentinel error
+		want     []string
+	}{
+		{"MissingLayoutFile", func(t *testing.T, tl *testLayout) {
+			os.Remove(filepath.Join(tl.dir, "oci-layout"))
+		}, ErrLayout, []string{"oci-layout is missing"}},
+		{"WrongLayoutVersion", func(t *testing.T, tl *testLayout) {
+			rewrite(t, tl.dir, "oci-layout", `{"imageLayoutVersion":"2.0.0"}`)
+		}, ErrLayout, []string{`imageLayoutVersion "2.0.0"`, "1.0.0"}},
+		{"IndexWithNoManifest", func(t *testing.T, tl *testLayout) {
+			rewrite(t, tl.dir, "index.json", indexWith(t))
+		}, ErrLayout, []string{"lists 0 manifests"}},
+		{"IndexWithTwoManifests", func(t *testing.T, tl *testLayout) {
+			rewrite(t, tl.dir, "index.json", indexWith(t, tl.manifest, tl.manifest))
+		}, ErrLayout, []string{"lists 2 manifests"}},
+		{"UnknownManifestMediaType", withManifest(func(d *ispec.Descriptor) { d.MediaType = docker }),
+			ErrLayout, []string{"manifest media type", docker}},
+		{"ManifestSizeMismatch", withManifest(func(d *ispec.Descriptor) { d.Size++ }),
+			ErrVerify, []string{"descriptor says"}},
+		{"ManifestDigestMismatch", func(t *testing.T, tl *testLayout) {
+			p, _ := BlobPath(tl.dir, tl.manifest.Digest)
+			b, _ := os.ReadFile(p)
+			b = bytes.Replace(b, []byte(`"schemaVersion":2`), []byte(`"schemaVersion":3`), 1)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, ErrVerify, []string{"content digest is"}},
+		{"TraversalDigest", withManifest(func(d *ispec.Descriptor) { d.Digest = "sha256:../../../../etc/passwd" }),
+			ErrLayout, []string{"path traversal"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tl := writeTestLayout(t, t.TempDir())
+			tc.breakIt(t, tl)
+			_, err := Open(tl.dir)
+			testerr.Want(t, err, tc.sentinel, tc.want...)
+		})
+	}
 }
 
 func TestOpenMissingManifestBlob(t *testing.T) {
@@ -364,36 +380,6 @@ func TestOpenMissingManifestBlob(t *testing.T) {
 	os.Remove(p)
 	_, err := Open(tl.dir)
 	testerr.Want(t, err, ErrLayout, "manifest", string(tl.manifest.Digest), "blob file is missing")
-}
-
-func TestOpenManifestSizeMismatch(t *testing.T) {
-	tl := writeTestLayout(t, t.TempDir())
-	d := tl.manifest
-	d.Size++
-	rewrite(t, tl.dir, "index.json", indexWith(t, d))
-	_, err := Open(tl.dir)
-	testerr.Want(t, err, ErrVerify, "descriptor says")
-}
-
-func TestOpenManifestDigestMismatch(t *testing.T) {
-	tl := writeTestLayout(t, t.TempDir())
-	p, _ := BlobPath(tl.dir, tl.manifest.Digest)
-	b, _ := os.ReadFile(p)
-	b = bytes.Replace(b, []byte(`"schemaVersion":2`), []byte(`"schemaVersion":3`), 1)
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	_, err := Open(tl.dir)
-	testerr.Want(t, err, ErrVerify, "content digest is")
-}
-
-func TestOpenTraversalDigest(t *testing.T) {
-	tl := writeTestLayout(t, t.TempDir())
-	d := tl.manifest
-	d.Digest = "sha256:../../../../etc/passwd"
-	rewrite(t, tl.dir, "index.json", indexWith(t, d))
-	_, err := Open(tl.dir)
-	testerr.Want(t, err, ErrLayout, "path traversal")
 }
 
 func TestBlobBadDigests(t *testing.T) {

@@ -86,13 +86,30 @@ func readPayload(t *testing.T, p *Payload) ([]byte, error) {
 	return io.ReadAll(rc)
 }
 
-func TestRoundTrip(t *testing.T) {
-	ps := standardPayloads(t)
-	dir, placements := writeImage(t, t.TempDir(), ps)
+// openImage opens the image in dir.
+func openImage(t testing.TB, dir string) *Image {
+	t.Helper()
 	img, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return img
+}
+
+// openPayload opens the image in dir and returns its payload name.
+func openPayload(t testing.TB, dir, name string) *Payload {
+	t.Helper()
+	v, err := openImage(t, dir).Payload(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestRoundTrip(t *testing.T) {
+	ps := standardPayloads(t)
+	dir, placements := writeImage(t, t.TempDir(), ps)
+	img := openImage(t, dir)
 	cfg := img.Config()
 	if cfg.FormatVersion != FormatVersion || cfg.ProductInfo.ID != "testos" || cfg.ProductInfo.Components["loader"] != testInfo.Components["loader"] {
 		t.Errorf("config %+v does not match what was written", cfg)
@@ -174,10 +191,7 @@ func TestWriteReplacesImage(t *testing.T) {
 	parent := t.TempDir()
 	writeImage(t, parent, standardPayloads(t))
 	dir, _ := writeImage(t, parent, []testPayload{{name: "only", data: []byte("x")}})
-	img, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openImage(t, dir)
 	if n := len(img.Config().Payloads); n != 1 {
 		t.Errorf("image has %d payloads, want the new image's 1", n)
 	}
@@ -380,10 +394,7 @@ func TestPayloadChunkMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	img, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openImage(t, dir)
 	v, err := img.Payload(PayloadSystem)
 	if err != nil {
 		t.Fatal(err)
@@ -408,14 +419,7 @@ func TestPayloadChunkMismatch(t *testing.T) {
 func TestPayloadZstdChunkMismatch(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
 	editConfig(t, dir, func(c *Config) { c.Payloads[3].ChunkHashesSHA256[1] = strings.Repeat("0", 64) })
-	img, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := img.Payload("extra.zst")
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := openPayload(t, dir, "extra.zst")
 	got, err := readPayload(t, v)
 	testerr.Want(t, err, ErrVerify, `payload "extra.zst"`, "chunk 1 ", "config says 0000")
 	if len(got) != 1<<20 {
@@ -429,35 +433,20 @@ func TestPayloadTruncatedBlob(t *testing.T) {
 	if err := os.Truncate(p, 1000); err != nil {
 		t.Fatal(err)
 	}
-	img, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := img.Payload(PayloadKernel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = v.Open()
+	_, err := openPayload(t, dir, PayloadKernel).Open()
 	testerr.Want(t, err, ErrVerify, `payload "kernel.efi"`, "blob file has 1000 bytes, descriptor says 1048579")
 }
 
 func TestPayloadUnverifiedCompressed(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
-	img, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = img.PayloadUnverified("extra.zst")
+	_, err := openImage(t, dir).PayloadUnverified("extra.zst")
 	testerr.Want(t, err, ErrCompressed, `payload "extra.zst"`, "application/zstd")
 }
 
 func TestPayloadNotFound(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
-	img, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = img.Payload("initrd")
+	img := openImage(t, dir)
+	_, err := img.Payload("initrd")
 	testerr.Want(t, err, ErrNotFound, `payload "initrd"`)
 	_, err = img.PayloadUnverified("initrd")
 	testerr.Want(t, err, ErrNotFound, `payload "initrd"`)
@@ -473,10 +462,7 @@ func TestRequireOSPayloads(t *testing.T) {
 				}
 			}
 			dir, _ := writeImage(t, t.TempDir(), ps)
-			img, err := Open(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
+			img := openImage(t, dir)
 			testerr.Want(t, img.RequireOSPayloads(), ErrNotFound, `no "`+missing+`" payload`)
 		})
 	}
@@ -484,9 +470,6 @@ func TestRequireOSPayloads(t *testing.T) {
 
 func TestRequireArchitecture(t *testing.T) {
 	dir, _ := writeImage(t, t.TempDir(), standardPayloads(t))
-	img, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := openImage(t, dir)
 	testerr.Want(t, img.RequireArchitecture("aarch64"), ErrArchitecture, `is for "x86_64", want "aarch64"`)
 }

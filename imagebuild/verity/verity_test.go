@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,22 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qcluster/qcluster/imagebuild/blockdev/blockdevtest"
 	"github.com/qcluster/qcluster/imagebuild/erofs"
 	"github.com/qcluster/qcluster/internal/needs"
 	"github.com/qcluster/qcluster/internal/testvm"
 )
 
 var testSalt = []byte("qcluster test salt, 32 bytes....")
-
-// pattern returns size reproducible bytes.
-func pattern(size int64, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, uint64(size)))
-	b := make([]byte, size)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 // image returns data followed by the hash area, as a device would hold it.
 func image(t testing.TB, data []byte, p Params) ([]byte, Table) {
@@ -84,7 +74,7 @@ func TestVeritysetupVerify(t *testing.T) {
 	for _, size := range sizes {
 		for _, salt := range [][]byte{testSalt, nil} {
 			t.Run(fmt.Sprintf("%d/salt%d", size, len(salt)), func(t *testing.T) {
-				data := pattern(size, 1)
+				data := blockdevtest.Pattern(int(size), 1)
 				img, tab := image(t, data, Params{Salt: salt})
 				p := writeFile(t, img)
 				if err := verify(t, tool, p, tab); err != nil {
@@ -111,7 +101,7 @@ func TestMatchesVeritysetupFormat(t *testing.T) {
 	for _, blocks := range []int64{1, 2, 128, 129, 300} {
 		for _, salt := range [][]byte{testSalt, nil} {
 			t.Run(fmt.Sprintf("%d/salt%d", blocks, len(salt)), func(t *testing.T) {
-				data := pattern(blocks*BlockSize, 2)
+				data := blockdevtest.Pattern(int(blocks*BlockSize), 2)
 				ours, tab := image(t, data, Params{Salt: salt, UUID: uuid})
 				p := writeFile(t, data)
 				saltArg := "-"
@@ -145,7 +135,7 @@ func TestMatchesVeritysetupFormat(t *testing.T) {
 
 // TestGolden pins the output for fixed input, so any change of bytes is seen.
 func TestGolden(t *testing.T) {
-	data := pattern(3*BlockSize+100, 3)
+	data := blockdevtest.Pattern(3*BlockSize+100, 3)
 	var tail bytes.Buffer
 	tab, err := Build(bytes.NewReader(data), int64(len(data)), &tail, Params{Salt: testSalt})
 	if err != nil {
@@ -194,7 +184,7 @@ func FuzzBuild(f *testing.F) {
 	f.Fuzz(func(t *testing.T, size uint32, saltLen uint8) {
 		size = size%(1<<20) + 1
 		tool := needs.Tool(t, "veritysetup", "cryptsetup-bin")
-		data := pattern(int64(size), 4)
+		data := blockdevtest.Pattern(int(size), 4)
 		img, tab := image(t, data, Params{Salt: bytes.Repeat([]byte{0xa5}, int(saltLen))})
 		if err := verify(t, tool, writeFile(t, img), tab); err != nil {
 			t.Fatal(err)
@@ -220,7 +210,7 @@ func BenchmarkBuild(b *testing.B) {
 func TestGuestKernel(t *testing.T) {
 	needs.Short(t, "boots a VM")
 	qemu := needs.Tool(t, "qemu-system-x86_64", "qemu-system-x86")
-	payload := pattern(1<<20, 5)
+	payload := blockdevtest.Pattern(1<<20, 5)
 	var fsimg bytes.Buffer
 	if _, err := erofs.Write(&fsimg, []erofs.Entry{
 		{Path: "hello", Mode: 0o644, Data: erofs.Bytes("hello\n")},

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/qcluster/qcluster/nanoswitch/api"
-	"github.com/qcluster/qcluster/nanoswitch/socks5"
+	"github.com/qcluster/qcluster/nanoswitch/hostproxy"
 )
 
 // Client controls a switch running in another process (the nanoswitch
@@ -20,7 +20,7 @@ type Client struct {
 	ready  Ready
 	conn   *grpc.ClientConn
 	api    api.SwitchClient
-	dialer *socks5.Dialer // nil without SOCKS5
+	dialer *hostproxy.SOCKSDialer // nil without SOCKS5
 }
 
 // Open connects to the switch described by a ready file. It does not wait:
@@ -36,7 +36,7 @@ func Open(readyFile string) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("nanoswitch: open %s: %w", readyFile, err)
 		}
-		c.dialer = &socks5.Dialer{Server: r.SOCKSAddress, Username: user, Password: pass}
+		c.dialer = &hostproxy.SOCKSDialer{Server: r.SOCKSAddress, Username: user, Password: pass}
 	}
 	conn, err := grpc.NewClient("unix://"+r.ControlSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -53,7 +53,7 @@ func (c *Client) Ready() Ready { return c.ready }
 func (c *Client) Close() error { return c.conn.Close() }
 
 // DialContext connects to a cluster address ("node0:7443") through the
-// switch's SOCKS5 server. A refusal wraps a *socks5.ReplyError.
+// switch's SOCKS5 server. A refusal wraps a *hostproxy.ReplyError.
 func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	if c.dialer == nil {
 		return nil, fmt.Errorf("nanoswitch: dial %s: the switch has no SOCKS5 server", address)

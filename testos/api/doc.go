@@ -1,9 +1,10 @@
 // Package api is the gRPC API of qcluster's default node OS (testos): the
 // Parameters message a node receives through fw_cfg as protojson, and the
 // services its agent serves (grpc.health.v1, NodeService, Management and, on
-// the bootstrap node, Membership). The Go code is generated from testos.proto
-// by scripts/genproto.sh (protoc from Debian plus pinned plugins); TestGenerated
-// checks that regenerating gives the committed bytes.
+// the bootstrap node, Membership). The Go code is generated from
+// testos.proto by scripts/genproto.sh (protoc from Debian plus pinned
+// plugins); internal/protogen's TestGenerated checks that regenerating gives
+// the committed bytes.
 package api
 
 //go:generate ../../scripts/genproto.sh testos.proto

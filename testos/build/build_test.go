@@ -14,6 +14,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/qcluster/qcluster/imagebuild/blockdev/blockdevtest"
 	"github.com/qcluster/qcluster/imagebuild/cpio"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
 	"github.com/qcluster/qcluster/internal/needs"
@@ -150,16 +151,7 @@ func payload(t *testing.T, img *osimage.Image, name string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := p.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	b, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return blockdevtest.Read(t, p)
 }
 
 func run(t *testing.T, argv ...string) {

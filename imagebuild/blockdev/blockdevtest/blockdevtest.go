@@ -1,14 +1,19 @@
 // Package blockdevtest holds test helpers for code that writes block devices:
-// a reflink-capable XFS file system on a loop device, and a check that two
-// files share extents. It shells out to mkfs.xfs, losetup, mount and
-// filefrag, and skips (or, in CI, fails) the test when they are missing.
+// a reflink-capable XFS file system on a loop device, a check that two
+// files share extents, what a file allocates, a blob's contents, and
+// reproducible contents. It
+// shells out to mkfs.xfs, losetup, mount and filefrag, and skips (or, in CI,
+// fails) the test when they are missing.
 package blockdevtest
 
 import (
+	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/qcluster/qcluster/internal/needs"
@@ -68,6 +73,43 @@ func SharedExtents(t testing.TB, path string) int {
 		}
 	}
 	return n
+}
+
+// Allocated returns the bytes the file system allocated for path.
+func Allocated(t testing.TB, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// Read returns all of what b opens (a blockdev.Blob, an OS image's
+// payload).
+func Read(t testing.TB, b interface{ Open() (io.ReadCloser, error) }) []byte {
+	t.Helper()
+	rc, err := b.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// Pattern returns size reproducible bytes: the same for the same size and
+// seed.
+func Pattern(size int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, uint64(size)))
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
 }
 
 // run runs a command and returns its stdout, failing t with its stderr.

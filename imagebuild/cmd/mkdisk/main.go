@@ -30,26 +30,18 @@ import (
 	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/imagebuild/disk"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
+	"github.com/qcluster/qcluster/internal/cliflag"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(os.Stderr, "mkdisk: %v\n", err)
 		os.Exit(1)
 	}
 }
-
-// listFlag collects the values of a repeated flag.
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 // sizeFlag is a byte count given as bytes or with a binary unit.
 type sizeFlag int64
@@ -74,10 +66,9 @@ flags:
 // after printing the usage for --help.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mkdisk", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var image, loader, out, seed string
 	var unverified, verbose bool
-	var espFiles listFlag
+	var espFiles []string
 	size, espSize, systemSize := sizeFlag(disk.DefaultSize), sizeFlag(disk.DefaultESPSize), sizeFlag(disk.DefaultSystemSize)
 	fs.StringVar(&image, "image", "", "OS image `DIR` (OCI layout with kernel.efi and system payloads; required)")
 	fs.StringVar(&loader, "loader", "", "EFI boot loader `FILE`, e.g. systemd-bootx64.efi (required)")
@@ -87,19 +78,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Var(&espSize, "esp-size", "ESP `SIZE`, whole MiB")
 	fs.Var(&systemSize, "system-size", "`SIZE` of SYSTEM-A and of SYSTEM-B, whole MiB")
 	fs.BoolVar(&unverified, "unverified", false, "copy payloads without checking their chunk hashes, so they can be reflinked (uncompressed images only)")
-	fs.Var(&espFiles, "esp-file", "add `PATH=FILE` to the ESP: its path there and the file holding it (repeatable)")
+	fs.Func("esp-file", "add `PATH=FILE` to the ESP: its path there and the file holding it (repeatable)", func(v string) error { espFiles = append(espFiles, v); return nil })
 	fs.BoolVar(&verbose, "v", false, "log each stage on stderr")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return err
-		}
-		return fmt.Errorf("%w (see --help)", err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	if err := cliflag.Parse(fs, args, stdout, usage); err != nil {
+		return err
 	}
 	for _, f := range []struct{ name, v string }{{"--image", image}, {"--loader", loader}, {"--out", out}} {
 		if f.v == "" {

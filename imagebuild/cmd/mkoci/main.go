@@ -29,24 +29,16 @@ import (
 
 	"github.com/qcluster/qcluster/imagebuild/oci"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
+	"github.com/qcluster/qcluster/internal/cliflag"
 )
 
 func main() {
 	err := run(os.Args[1:], os.Stdout, os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(os.Stderr, "mkoci: %v\n", err)
 		os.Exit(1)
 	}
 }
-
-// listFlag collects the values of a repeated flag.
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 const usage = `usage: mkoci --payload NAME=FILE [--payload NAME=FILE ...] --product-id ID
              --product-version VERSION --arch ARCH --out DIR [options]
@@ -61,30 +53,20 @@ flags:
 // printing the usage for --help.
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mkoci", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var payloads, zstd, components listFlag
+	var payloads, zstd, components []string
 	var info osimage.ProductInfo
 	var out string
-	fs.Var(&payloads, "payload", "add payload `NAME=FILE`: its name and the file holding it (repeatable, in image order)")
-	fs.Var(&zstd, "zstd", "store payload `NAME` zstd-compressed (repeatable; verified reads only)")
-	fs.Var(&components, "component", "add component version `KEY=VERSION` to product_info (repeatable)")
+	fs.Func("payload", "add payload `NAME=FILE`: its name and the file holding it (repeatable, in image order)", func(v string) error { payloads = append(payloads, v); return nil })
+	fs.Func("zstd", "store payload `NAME` zstd-compressed (repeatable; verified reads only)", func(v string) error { zstd = append(zstd, v); return nil })
+	fs.Func("component", "add component version `KEY=VERSION` to product_info (repeatable)", func(v string) error { components = append(components, v); return nil })
 	fs.StringVar(&info.ID, "product-id", "", "product id, e.g. testos (required)")
 	fs.StringVar(&info.Version, "product-version", "", "product version (required)")
 	fs.StringVar(&info.Name, "product-name", "", "human product name (default empty)")
 	fs.StringVar(&info.Architecture, "arch", "", "architecture in uname -m spelling, e.g. x86_64 (required)")
 	fs.StringVar(&info.BuildInfo, "build-info", "", "free text about the build (default empty)")
 	fs.StringVar(&out, "out", "", "output directory for the OCI layout (required)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return err
-		}
-		return fmt.Errorf("%w (see --help)", err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	if err := cliflag.Parse(fs, args, stdout, usage); err != nil {
+		return err
 	}
 	for _, f := range []struct{ name, v string }{
 		{"--product-id", info.ID}, {"--product-version", info.Version}, {"--arch", info.Architecture}, {"--out", out},

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qcluster/qcluster/imagebuild/blockdev/blockdevtest"
 	"github.com/qcluster/qcluster/imagebuild/osimage"
 )
 
@@ -61,14 +62,8 @@ func TestRun(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rc, err := p.Open()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("payload %s: %v, equal %v", name, err, bytes.Equal(got, want))
+		if got := blockdevtest.Read(t, p); !bytes.Equal(got, want) {
+			t.Errorf("payload %s differs from %s", name, path)
 		}
 	}
 	if _, err := img.PayloadUnverified("kernel.efi"); !errors.Is(err, osimage.ErrCompressed) {

@@ -2,7 +2,6 @@ package boot
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf16"
 
 	"golang.org/x/sys/unix"
 
@@ -118,16 +116,7 @@ func efiString(b []byte) string {
 	if len(b) < 4 {
 		return ""
 	}
-	b = b[4:]
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b); i += 2 {
-		c := binary.LittleEndian.Uint16(b[i:])
-		if c == 0 {
-			break
-		}
-		u = append(u, c)
-	}
-	return string(utf16.Decode(u))
+	return utf16String(b[4:])
 }
 
 // OpenVerity maps dev through dm-verity (device-mapper name MappedName) with

@@ -77,7 +77,7 @@ func ReadGPT(r io.ReaderAt, sectorSize int) ([]Part, error) {
 			PartGUID: guidString(e[16:32]),
 			FirstLBA: le.Uint64(e[32:40]),
 			LastLBA:  le.Uint64(e[40:48]),
-			Name:     utf16Name(e[56:128]),
+			Name:     utf16String(e[56:128]),
 		}
 		if p.LastLBA < p.FirstLBA {
 			return nil, fmt.Errorf("GPT entry %d (%q): last LBA %d before first LBA %d", p.Number, p.Name, p.LastLBA, p.FirstLBA)
@@ -111,8 +111,9 @@ func guidString(b []byte) string {
 	return strings.ToUpper(fmt.Sprintf("%08x-%04x-%04x-%x-%x", le.Uint32(b[0:4]), le.Uint16(b[4:6]), le.Uint16(b[6:8]), b[8:10], b[10:16]))
 }
 
-// utf16Name decodes a NUL-padded UTF-16LE partition name.
-func utf16Name(b []byte) string {
+// utf16String decodes a UTF-16LE string that ends at the first NUL or with
+// b (a GPT partition name, an EFI variable's value).
+func utf16String(b []byte) string {
 	u := make([]uint16, 0, len(b)/2)
 	for i := 0; i+1 < len(b); i += 2 {
 		c := binary.LittleEndian.Uint16(b[i:])

@@ -1,8 +1,12 @@
-package relay
+package hostproxy
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -76,4 +80,74 @@ func TestCredentials(t *testing.T) {
 			t.Errorf("Match(%q, %q) = %v", x.user, x.pass, !x.want)
 		}
 	}
+}
+
+// echoServer answers each line with the same line, on the loopback.
+func echoServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// testConfig is a server's Config for user:secret whose Dial reaches only
+// backend, by its address or by the name "backend", refuses "refused" and
+// "slow" like a node that is down or silent, and everything else as
+// outside the cluster.
+func testConfig(backend netip.AddrPort) Config {
+	return Config{
+		Username: "user", Password: "secret",
+		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+			host, port, _ := net.SplitHostPort(address)
+			switch {
+			case host == "backend" && port == fmt.Sprint(backend.Port()), address == backend.String():
+				var d net.Dialer
+				return d.DialContext(ctx, network, backend.String())
+			case host == "refused":
+				return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+			case host == "slow":
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("%s: %w", address, ErrNotAllowed)
+		},
+		HandshakeTimeout: 2 * time.Second,
+	}
+}
+
+// serve serves s on a loopback listener until the test ends, when it
+// closes s and checks that Serve returned nil.
+func serve(t *testing.T, s interface {
+	Serve(net.Listener) error
+	Close() error
+}) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		s.Close()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return ln.Addr().(*net.TCPAddr).AddrPort()
 }

@@ -1,15 +1,13 @@
-package socks5
+package hostproxy
 
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"syscall"
 	"testing"
 	"time"
 
@@ -71,65 +69,12 @@ func FuzzReply(f *testing.F) {
 	})
 }
 
-// echoServer answers each line with the same line, on the loopback.
-func echoServer(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-// startServer serves a Server whose Dial reaches only the echo server, by
-// its address or by the name "echo".
-func startServer(t *testing.T) (*Server, netip.AddrPort, netip.AddrPort) {
+// startSOCKS serves a SOCKSServer with testConfig.
+func startSOCKS(t *testing.T) (*SOCKSServer, netip.AddrPort, netip.AddrPort) {
 	t.Helper()
 	echo := echoServer(t)
-	s := &Server{
-		Username: "user", Password: "secret",
-		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
-			host, port, _ := net.SplitHostPort(address)
-			switch {
-			case host == "echo" && port == fmt.Sprint(echo.Port()), address == echo.String():
-				var d net.Dialer
-				return d.DialContext(ctx, network, echo.String())
-			case host == "refused":
-				return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
-			case host == "slow":
-				<-ctx.Done()
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("%s: %w", address, ErrNotAllowed)
-		},
-		HandshakeTimeout: 2 * time.Second,
-	}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error)
-	go func() { done <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		s.Close()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-	return s, ln.Addr().(*net.TCPAddr).AddrPort(), echo
+	s := &SOCKSServer{Config: testConfig(echo)}
+	return s, serve(t, s), echo
 }
 
 func echoOnce(t *testing.T, c net.Conn) {
@@ -145,9 +90,9 @@ func echoOnce(t *testing.T, c net.Conn) {
 }
 
 func TestConnect(t *testing.T) {
-	_, addr, echo := startServer(t)
-	d := &Dialer{Server: addr.String(), Username: "user", Password: "secret"}
-	for _, target := range []string{echo.String(), net.JoinHostPort("echo", fmt.Sprint(echo.Port()))} {
+	_, addr, echo := startSOCKS(t)
+	d := &SOCKSDialer{Server: addr.String(), Username: "user", Password: "secret"}
+	for _, target := range []string{echo.String(), net.JoinHostPort("backend", fmt.Sprint(echo.Port()))} {
 		c, err := d.DialContext(t.Context(), "tcp", target)
 		if err != nil {
 			t.Fatal(err)
@@ -159,7 +104,7 @@ func TestConnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := xd.(proxy.ContextDialer).DialContext(t.Context(), "tcp", net.JoinHostPort("echo", fmt.Sprint(echo.Port())))
+	c, err := xd.(proxy.ContextDialer).DialContext(t.Context(), "tcp", net.JoinHostPort("backend", fmt.Sprint(echo.Port())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,19 +112,19 @@ func TestConnect(t *testing.T) {
 }
 
 func TestRefusals(t *testing.T) {
-	_, addr, _ := startServer(t)
+	_, addr, _ := startSOCKS(t)
 	for _, c := range []struct {
 		user, pass, target string
 		want               ReplyError
 	}{
-		{"user", "guess", "echo:1", ReplyError{Code: 0xff, Auth: true}},
-		{"root", "secret", "echo:1", ReplyError{Code: 0xff, Auth: true}},
+		{"user", "guess", "backend:1", ReplyError{Code: 0xff, Auth: true}},
+		{"root", "secret", "backend:1", ReplyError{Code: 0xff, Auth: true}},
 		{"user", "secret", "127.0.0.1:22", ReplyError{Code: ReplyNotAllowed}},
 		{"user", "secret", "[::1]:22", ReplyError{Code: ReplyNotAllowed}},
 		{"user", "secret", "refused:22", ReplyError{Code: ReplyConnRefused}},
 		{"user", "secret", "slow:22", ReplyError{Code: ReplyHostUnreachable}},
 	} {
-		d := &Dialer{Server: addr.String(), Username: c.user, Password: c.pass}
+		d := &SOCKSDialer{Server: addr.String(), Username: c.user, Password: c.pass}
 		_, err := d.DialContext(t.Context(), "tcp", c.target)
 		var re *ReplyError
 		if !errors.As(err, &re) || *re != c.want {
@@ -190,7 +135,7 @@ func TestRefusals(t *testing.T) {
 	for _, msg := range [][]byte{
 		encodeGreeting(MethodNoAuth),
 		append(append(encodeGreeting(MethodUserPass), encodeUserPass("user", "secret")...),
-			encodeRequest(request{cmd: CmdBind, host: "echo", port: 1})...),
+			encodeRequest(request{cmd: CmdBind, host: "backend", port: 1})...),
 	} {
 		c, err := net.Dial("tcp", addr.String())
 		if err != nil {
@@ -202,9 +147,9 @@ func TestRefusals(t *testing.T) {
 		}
 		got, _ := io.ReadAll(c)
 		c.Close()
-		want := []byte{Version, MethodNone}
+		want := []byte{SOCKSVersion, MethodNone}
 		if msg[2] == MethodUserPass {
-			want = append([]byte{Version, MethodUserPass, authVersion, 0}, encodeReply(ReplyCmdNotSupported, netip.AddrPort{})...)
+			want = append([]byte{SOCKSVersion, MethodUserPass, authVersion, 0}, encodeReply(ReplyCmdNotSupported, netip.AddrPort{})...)
 		}
 		if !bytes.Equal(got, want) {
 			t.Errorf("sent %x: got %x, want %x", msg, got, want)
@@ -213,8 +158,8 @@ func TestRefusals(t *testing.T) {
 }
 
 func TestCloseEndsSessions(t *testing.T) {
-	s, addr, echo := startServer(t)
-	d := &Dialer{Server: addr.String(), Username: "user", Password: "secret"}
+	s, addr, echo := startSOCKS(t)
+	d := &SOCKSDialer{Server: addr.String(), Username: "user", Password: "secret"}
 	c, err := d.DialContext(t.Context(), "tcp", echo.String())
 	if err != nil {
 		t.Fatal(err)

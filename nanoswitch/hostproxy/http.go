@@ -1,18 +1,4 @@
-// Package httpproxy is a small HTTP CONNECT proxy (RFC 9110 section 9.3.6)
-// with Basic proxy authentication (RFC 9110 section 11.7, RFC 7617).
-// nanoswitch serves it beside SOCKS5 on the host-access port, because
-// grpc-go (and so grpcurl and every Go gRPC client) speaks CONNECT to
-// whatever HTTPS_PROXY names.
-//
-// Refusals are HTTP answers, after which the connection closes: 407 with a
-// Proxy-Authenticate challenge for missing or wrong credentials, 405 for
-// any method but CONNECT, 400 for a malformed request or target, 403 for a
-// destination the Dial function refuses with relay.ErrNotAllowed, 502 when
-// the destination does not answer (refused, unreachable, timed out).
-//
-// Limits: CONNECT only (no forwarding of absolute-form requests), one
-// tunnel per connection, HTTP/1.x only.
-package httpproxy
+package hostproxy
 
 import (
 	"bufio"
@@ -21,46 +7,42 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/qcluster/qcluster/nanoswitch/relay"
 )
 
 // Realm is the protection space named in the 407 challenge.
 const Realm = "qcluster"
 
-// Server serves HTTP CONNECT on the listeners given to Serve.
-type Server struct {
-	// Username and Password are the only credentials accepted.
-	Username, Password string
-	// Dial connects to a client's destination ("host:port" as the request
-	// target names it). An error wrapping relay.ErrNotAllowed is answered
-	// with 403, any other with 502.
-	Dial relay.DialFunc
-	// HandshakeTimeout bounds reading the request and connecting.
-	// Default: 30s.
-	HandshakeTimeout time.Duration
-	// Logger receives one line per refused client. Default: discarded.
-	Logger *slog.Logger
+// HTTPServer serves HTTP CONNECT on the listeners given to Serve.
+//
+// Refusals are HTTP answers, after which the connection closes: 407 with a
+// Proxy-Authenticate challenge for missing or wrong credentials, 405 for
+// any method but CONNECT, 400 for a malformed request or target, 403 for a
+// destination the Dial function refuses with ErrNotAllowed, 502 when the
+// destination does not answer (refused, unreachable, timed out).
+//
+// Limits: CONNECT only (no forwarding of absolute-form requests), one
+// tunnel per connection, HTTP/1.x only.
+type HTTPServer struct {
+	Config
 
-	group relay.Group
+	group Group
 }
 
 // Serve accepts clients on ln until ln or the server is closed, and
 // returns nil then. Each client is served on a goroutine of its own.
-func (s *Server) Serve(ln net.Listener) error {
+func (s *HTTPServer) Serve(ln net.Listener) error {
 	return s.group.Serve(ln, "http proxy", s.serveConn)
 }
 
 // Close closes the listeners, the tunnels and dials in progress, and waits
 // for the goroutines serving them.
-func (s *Server) Close() error {
+func (s *HTTPServer) Close() error {
 	s.group.Close()
 	return nil
 }
@@ -79,7 +61,7 @@ const maxHeaderBytes = 16 << 10
 // readConnect reads one request from br (which the caller bounds) and returns its target
 // ("host:port") once it is a well-formed CONNECT carrying creds; otherwise a
 // *refusal (or the read error).
-func readConnect(br *bufio.Reader, creds relay.Credentials) (string, error) {
+func readConnect(br *bufio.Reader, creds Credentials) (string, error) {
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		return "", &refusal{http.StatusBadRequest, "malformed request: " + err.Error()}
@@ -118,10 +100,10 @@ func basicAuth(v string) (user, pass string, ok bool) {
 	return strings.Cut(string(raw), ":")
 }
 
-// StatusCode is the answer to a Dial error: 403 for relay.ErrNotAllowed,
+// StatusCode is the answer to a Dial error: 403 for ErrNotAllowed,
 // 502 otherwise.
 func StatusCode(err error) int {
-	if errors.Is(err, relay.ErrNotAllowed) {
+	if errors.Is(err, ErrNotAllowed) {
 		return http.StatusForbidden
 	}
 	return http.StatusBadGateway
@@ -143,25 +125,13 @@ func writeRefusal(w io.Writer, r *refusal) error {
 	return err
 }
 
-func (s *Server) logger() *slog.Logger {
-	if s.Logger == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return s.Logger
-}
-
 // serveConn runs one client's session.
-func (s *Server) serveConn(c net.Conn) {
-	log := s.logger().With("client", c.RemoteAddr().String())
-	timeout := s.HandshakeTimeout
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
-	_ = c.SetDeadline(time.Now().Add(timeout))
+func (s *HTTPServer) serveConn(c net.Conn) {
+	log, timeout := s.begin(c)
 	// The head is bounded; what follows it is the tunnel's.
 	head := &io.LimitedReader{R: c, N: maxHeaderBytes}
 	br := bufio.NewReader(head)
-	target, err := readConnect(br, relay.Credentials{Username: s.Username, Password: s.Password})
+	target, err := readConnect(br, s.credentials())
 	var r *refusal
 	if errors.As(err, &r) {
 		_ = writeRefusal(c, r)
@@ -190,22 +160,5 @@ func (s *Server) serveConn(c net.Conn) {
 	log.Debug("http proxy: connected", "target", target)
 	// A client may send its first bytes right behind the request; they are
 	// in br already.
-	s.group.Splice(tunnel{Reader: br, Conn: c}, up)
-}
-
-// tunnel is the client's side of a tunnel: reads through the buffer that
-// holds what came after the request, writes and half-closes on the
-// connection.
-type tunnel struct {
-	io.Reader
-	net.Conn
-}
-
-func (t tunnel) Read(p []byte) (int, error) { return t.Reader.Read(p) }
-
-func (t tunnel) CloseWrite() error {
-	if cw, ok := t.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return t.Conn.Close()
+	s.group.Splice(readerConn{Reader: br, Conn: c}, up)
 }

@@ -1,4 +1,4 @@
-package socks5
+package hostproxy
 
 import (
 	"context"
@@ -34,9 +34,9 @@ func (e *ReplyError) Error() string {
 	return fmt.Sprintf("socks5: reply %#x", e.Code)
 }
 
-// Dialer connects through a SOCKS5 server with username/password
+// SOCKSDialer connects through a SOCKS5 server with username/password
 // authentication.
-type Dialer struct {
+type SOCKSDialer struct {
 	// Server is the proxy's "host:port".
 	Server string
 	// Username and Password are sent as RFC 1929 asks, at most 255 bytes
@@ -47,7 +47,7 @@ type Dialer struct {
 // DialContext connects to address ("host:port"; the host is sent as a
 // name unless it is an IP address) through the server. network must be
 // "tcp", "tcp4" or "tcp6". A refusal is a *ReplyError.
-func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+func (d *SOCKSDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	fail := func(err error) (net.Conn, error) {
 		return nil, fmt.Errorf("socks5 %s: connect %s: %w", d.Server, address, err)
 	}
@@ -96,7 +96,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	return c, nil
 }
 
-func (d *Dialer) handshake(c net.Conn, q request) error {
+func (d *SOCKSDialer) handshake(c net.Conn, q request) error {
 	var b [2]byte
 	if _, err := c.Write(encodeGreeting(MethodUserPass)); err != nil {
 		return err
@@ -104,7 +104,7 @@ func (d *Dialer) handshake(c net.Conn, q request) error {
 	if _, err := io.ReadFull(c, b[:]); err != nil {
 		return err
 	}
-	if b[0] != Version {
+	if b[0] != SOCKSVersion {
 		return fmt.Errorf("%w %d", errVersion, b[0])
 	}
 	if b[1] != MethodUserPass {

@@ -1,4 +1,4 @@
-package socks5
+package hostproxy
 
 import (
 	"encoding/binary"
@@ -10,7 +10,7 @@ import (
 
 // Protocol constants of RFC 1928 (sections 3 to 6) and RFC 1929 (section 2).
 const (
-	Version        = 5
+	SOCKSVersion   = 5
 	MethodNone     = 0xff // no acceptable methods
 	MethodNoAuth   = 0x00
 	MethodUserPass = 0x02
@@ -51,7 +51,7 @@ func readGreeting(r io.Reader) ([]byte, error) {
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return nil, err
 	}
-	if h[0] != Version {
+	if h[0] != SOCKSVersion {
 		return nil, fmt.Errorf("%w %d", errVersion, h[0])
 	}
 	if h[1] == 0 {
@@ -65,7 +65,7 @@ func readGreeting(r io.Reader) ([]byte, error) {
 }
 
 func encodeGreeting(methods ...byte) []byte {
-	return append([]byte{Version, byte(len(methods))}, methods...)
+	return append([]byte{SOCKSVersion, byte(len(methods))}, methods...)
 }
 
 // readUserPass reads the username/password request of RFC 1929.
@@ -118,7 +118,7 @@ func readRequest(r io.Reader) (request, error) {
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return request{}, err
 	}
-	if h[0] != Version {
+	if h[0] != SOCKSVersion {
 		return request{}, fmt.Errorf("%w %d", errVersion, h[0])
 	}
 	q := request{cmd: h[1]}
@@ -160,7 +160,7 @@ func readRequest(r io.Reader) (request, error) {
 }
 
 func encodeRequest(q request) []byte {
-	b := []byte{Version, q.cmd, 0}
+	b := []byte{SOCKSVersion, q.cmd, 0}
 	switch {
 	case q.host != "":
 		b = append(append(b, atypDomain, byte(len(q.host))), q.host...)
@@ -179,7 +179,7 @@ func encodeReply(code byte, bound netip.AddrPort) []byte {
 	if bound.Addr().Unmap().Is4() {
 		a = bound.Addr().Unmap()
 	}
-	b := []byte{Version, code, 0, atypIPv4}
+	b := []byte{SOCKSVersion, code, 0, atypIPv4}
 	b = append(b, a.AsSlice()...)
 	return binary.BigEndian.AppendUint16(b, bound.Port())
 }
@@ -190,7 +190,7 @@ func readReply(r io.Reader) (byte, netip.AddrPort, error) {
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return 0, netip.AddrPort{}, err
 	}
-	if h[0] != Version {
+	if h[0] != SOCKSVersion {
 		return 0, netip.AddrPort{}, fmt.Errorf("%w %d", errVersion, h[0])
 	}
 	var a netip.Addr

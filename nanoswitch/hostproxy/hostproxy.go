@@ -1,10 +1,16 @@
-// Package relay is what the switch's host-access proxies share beyond their
-// protocols: the credential check, dials that Close can cancel, splicing a
-// client to its destination, the bookkeeping that lets Close end every
-// session, and a listener mux that hands each connection to a protocol by
-// its first byte. Package socks5 (RFC 1928) and package httpproxy (HTTP
-// CONNECT, RFC 9110 section 9.3.6) are built on it.
-package relay
+// Package hostproxy is the switch's host-access proxies: a SOCKS5 server and
+// client (RFC 1928 with the username/password authentication of RFC 1929,
+// CONNECT only) and an HTTP CONNECT proxy (RFC 9110 section 9.3.6) with
+// Basic proxy authentication. nanoswitch serves both on one loopback port,
+// split by a Mux on the client's first byte, so that tools outside the
+// process (curl, grpcurl, ssh, every Go gRPC client through HTTPS_PROXY)
+// reach a cluster's nodes; SOCKSDialer is the Go client.
+//
+// What the two servers share beyond their protocols lives here once: the
+// Config they are given, the credential check, dials that Close can cancel,
+// splicing a client to its destination, and the bookkeeping that lets Close
+// end every session.
+package hostproxy
 
 import (
 	"context"
@@ -12,8 +18,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
+	"time"
 )
 
 // ErrNotAllowed, wrapped in an error of a proxy's Dial function, means the
@@ -23,6 +31,43 @@ var ErrNotAllowed = errors.New("destination not allowed")
 // DialFunc connects to a client's destination ("host:port", the host as
 // the client sent it).
 type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// Config is what a server is given; both servers take the same.
+type Config struct {
+	// Username and Password are the only credentials accepted.
+	Username, Password string
+	// Dial connects to a client's destination: network is "tcp", address
+	// "host:port" with the host as the client sent it (a name, an IPv4 or
+	// an IPv6 address). An error wrapping ErrNotAllowed is answered with
+	// SOCKS5 reply 0x02 or HTTP 403; see ReplyCode and StatusCode for the
+	// others.
+	Dial DialFunc
+	// HandshakeTimeout bounds a client's handshake (the SOCKS5 greeting,
+	// authentication and request, or the HTTP request), connecting
+	// included. Default: 30s.
+	HandshakeTimeout time.Duration
+	// Logger receives one line per refused client. Default: discarded.
+	Logger *slog.Logger
+}
+
+// begin starts a session on c: it bounds the handshake with the timeout
+// (returned for what follows it) and returns the logger for the session.
+func (cfg *Config) begin(c net.Conn) (*slog.Logger, time.Duration) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	timeout := cfg.HandshakeTimeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	return log.With("client", c.RemoteAddr().String()), timeout
+}
+
+func (cfg *Config) credentials() Credentials {
+	return Credentials{Username: cfg.Username, Password: cfg.Password}
+}
 
 // Credentials are the only username and password a proxy accepts.
 type Credentials struct {
@@ -181,4 +226,22 @@ func copyThenCloseWrite(dst io.Writer, src io.Reader) {
 	case io.Closer:
 		_ = d.Close()
 	}
+}
+
+// readerConn is a connection whose reads go through a reader that holds
+// what was read from it ahead (a Mux's first byte, what came behind an HTTP
+// request); writes and half-closes go to the connection.
+type readerConn struct {
+	io.Reader
+	net.Conn
+}
+
+func (c readerConn) Read(p []byte) (int, error) { return c.Reader.Read(p) }
+
+// CloseWrite half-closes when the connection underneath can.
+func (c readerConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }

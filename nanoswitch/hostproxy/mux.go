@@ -1,6 +1,7 @@
-package relay
+package hostproxy
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -89,7 +90,8 @@ func (m *Mux) route(c net.Conn) {
 	if m.match(first[0]) {
 		to = m.a
 	}
-	to.push(&prefixConn{Conn: c, prefix: first[:]})
+	// The first byte is given back before the rest.
+	to.push(readerConn{Reader: io.MultiReader(bytes.NewReader(first[:]), c), Conn: c})
 }
 
 // Close closes the underlying listener, both halves and the connections
@@ -143,26 +145,3 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return l.addr }
-
-// prefixConn gives back the bytes a Mux read before the rest.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (c *prefixConn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// CloseWrite half-closes when the connection underneath can.
-func (c *prefixConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
-}

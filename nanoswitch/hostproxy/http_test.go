@@ -1,9 +1,8 @@
-package httpproxy
+package hostproxy
 
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -11,13 +10,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-
-	"github.com/qcluster/qcluster/nanoswitch/relay"
 )
 
 // FuzzReadConnect: the request reader takes any bytes without panicking,
@@ -28,7 +25,7 @@ func FuzzReadConnect(f *testing.F) {
 	f.Add([]byte("CONNECT 10.42.0.10:22 HTTP/1.0\r\n" + auth + "\r\nSSH-2.0-x\r\n"))
 	f.Add([]byte("GET http://node0/ HTTP/1.1\r\nHost: node0\r\n\r\n"))
 	f.Add([]byte("CONNECT [::1]:80 HTTP/1.1\r\nProxy-Authorization: basic Og==\r\n\r\n"))
-	creds := relay.Credentials{Username: "user", Password: "secret"}
+	creds := Credentials{Username: "user", Password: "secret"}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		target, err := readConnect(bufio.NewReader(bytes.NewReader(data)), creds)
 		if err != nil {
@@ -47,43 +44,10 @@ func FuzzReadConnect(f *testing.F) {
 	})
 }
 
-// startServer serves a Server whose Dial reaches only the given backend, by
-// the name "backend", refuses "refused" and "slow" like a node that is down
-// or silent, and everything else as outside the cluster.
-func startServer(t *testing.T, backend string) string {
+// startHTTP serves an HTTPServer with testConfig and returns its address.
+func startHTTP(t *testing.T, backend netip.AddrPort) string {
 	t.Helper()
-	_, port, _ := net.SplitHostPort(backend)
-	s := &Server{
-		Username: "user", Password: "secret",
-		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
-			host, _, _ := net.SplitHostPort(address)
-			switch {
-			case address == "backend:"+port:
-				var d net.Dialer
-				return d.DialContext(ctx, network, backend)
-			case host == "refused":
-				return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
-			case host == "slow":
-				<-ctx.Done()
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("%s: %w", address, relay.ErrNotAllowed)
-		},
-		HandshakeTimeout: 2 * time.Second,
-	}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error)
-	go func() { done <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		s.Close()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-	return ln.Addr().String()
+	return serve(t, &HTTPServer{Config: testConfig(backend)}).String()
 }
 
 // TestNetHTTPClient: net/http's own client tunnels HTTPS through the proxy
@@ -93,7 +57,7 @@ func TestNetHTTPClient(t *testing.T) {
 		fmt.Fprint(w, "hello through the tunnel")
 	}))
 	defer backend.Close()
-	addr := startServer(t, backend.Listener.Addr().String())
+	addr := startHTTP(t, backend.Listener.Addr().(*net.TCPAddr).AddrPort())
 	_, port, _ := net.SplitHostPort(backend.Listener.Addr().String())
 
 	get := func(proxy string) (*http.Response, error) {
@@ -150,22 +114,9 @@ func raw(t *testing.T, addr, req string) (*http.Response, string) {
 }
 
 func TestRawRequests(t *testing.T) {
-	echo, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	addr := startServer(t, echo.Addr().String())
-	_, port, _ := net.SplitHostPort(echo.Addr().String())
+	echo := echoServer(t)
+	addr := startHTTP(t, echo)
+	port := fmt.Sprint(echo.Port())
 	auth := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("user:secret")) + "\r\n"
 	wrong := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("user:guess")) + "\r\n"
 	for _, c := range []struct {
@@ -197,33 +148,14 @@ func TestRawRequests(t *testing.T) {
 
 // TestCloseEndsTunnels: Close ends an open tunnel and its goroutines.
 func TestCloseEndsTunnels(t *testing.T) {
-	echo, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		if c, err := echo.Accept(); err == nil {
-			io.Copy(c, c)
-			c.Close()
-		}
-	}()
-	_, port, _ := net.SplitHostPort(echo.Addr().String())
-	s := &Server{Username: "u", Password: "p", Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, echo.Addr().String())
-	}}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	c, err := net.Dial("tcp", ln.Addr().String())
+	echo := echoServer(t)
+	s := &HTTPServer{Config: testConfig(echo)}
+	c, err := net.Dial("tcp", serve(t, s).String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "CONNECT x:%s HTTP/1.1\r\nProxy-Authorization: Basic %s\r\n\r\n", port, base64.StdEncoding.EncodeToString([]byte("u:p")))
+	fmt.Fprintf(c, "CONNECT backend:%d HTTP/1.1\r\nProxy-Authorization: Basic %s\r\n\r\n", echo.Port(), base64.StdEncoding.EncodeToString([]byte("user:secret")))
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != 200 {
