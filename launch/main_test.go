@@ -135,7 +135,8 @@ type command struct {
 }
 
 // startCommand starts the cluster command with a one-node cluster without
-// a TPM under TCG plus args, after checking that the host can launch one.
+// a TPM under TCG, booted cold (these tests watch the boot's steps, which a
+// restore from a cached template skips), plus args, after checking that the host can launch one.
 // The command is killed if the test ends first.
 func startCommand(t *testing.T, args ...string) *command {
 	t.Helper()
@@ -150,7 +151,7 @@ func startCommand(t *testing.T, args ...string) *command {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := &command{Cmd: exec.Command(exe, append([]string{"--nodes", "1", "--no-tpm", "--accel", "tcg"}, args...)...),
+	cmd := &command{Cmd: exec.Command(exe, append([]string{"--cold", "--nodes", "1", "--no-tpm", "--accel", "tcg"}, args...)...),
 		stderr: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Env = append(os.Environ(), asCommand+"=1", "NO_COLOR=1")
 	cmd.Stdout, cmd.Stderr = io.Discard, cmd.stderr
