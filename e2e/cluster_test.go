@@ -37,7 +37,10 @@ const healthWithin = 30 * time.Second
 
 // TestCluster runs the suites for a 3-node cluster, each on a fresh cluster
 // of its own, restored from one template (cluster/warm): the first launch
-// boots and snapshots it, every suite after that restores in about a second.
+// boots and snapshots it (the others wait for it), every suite after that
+// restores in about a second. The suites run in parallel, -test.parallel
+// (GOMAXPROCS) at a time: a reboot keeps one host core busy, a partition
+// mostly waits.
 func TestCluster(t *testing.T) {
 	needsVMs(t)
 	for _, s := range []struct {
@@ -52,6 +55,7 @@ func TestCluster(t *testing.T) {
 		{"Isolate", testIsolate},
 	} {
 		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
 			start := time.Now()
 			c := clustertest.Launch(t, options(3, true))
 			t.Logf("3-node cluster %s ready in %s", c.Name, time.Since(start).Round(time.Millisecond))

@@ -82,6 +82,7 @@ func TestFailFast(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // one-node boots: one host core each
 			o := options(1, false)
 			o.Cold = true // a boot to break, not a restore
 			o.StateDir = filepath.Join(t.TempDir(), "state")
