@@ -102,8 +102,12 @@ func Start(ctx context.Context, o Options) (*Switch, error) {
 		}()
 	}
 
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 5*time.Millisecond, 100*time.Millisecond, 0
+	// Options, not fields: a field set after NewExponentialBackOff leaves
+	// the first interval at the default 500 ms.
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(5*time.Millisecond),
+		backoff.WithMaxInterval(100*time.Millisecond),
+		backoff.WithMaxElapsedTime(0))
 	for {
 		if _, err := os.Stat(readyFile); err == nil {
 			break
