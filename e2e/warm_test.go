@@ -19,10 +19,10 @@ import (
 
 	"github.com/qcluster/qcluster/cluster"
 	"github.com/qcluster/qcluster/cluster/clustertest"
+	"github.com/qcluster/qcluster/imagebuild/blockdev"
 	"github.com/qcluster/qcluster/internal/testerr"
 	"github.com/qcluster/qcluster/testos/api"
 	"github.com/qcluster/qcluster/testos/profile"
-	"golang.org/x/sys/unix"
 )
 
 // TestWarm shows that a cluster restored from a snapshot is the cluster that
@@ -305,10 +305,10 @@ func hashTree(t *testing.T, dir string) map[string]string {
 	return out
 }
 
-// hashFile hashes a file's size and its data extents with their offsets
-// (SEEK_DATA/SEEK_HOLE). Holes read as zeros, so this covers the content
-// without reading the gigabytes of holes in a snapshot's disks (30 s of the
-// test when it read them); a write that fills a hole changes it too.
+// hashFile hashes a file's size and its data extents with their offsets.
+// Holes read as zeros, so this covers the content without reading the
+// gigabytes of holes in a snapshot's disks (30 s of the test when it read
+// them); a write that fills a hole changes it too.
 func hashFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -321,24 +321,13 @@ func hashFile(path string) (string, error) {
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "size %d\n", fi.Size())
-	fd := int(f.Fd())
-	for off := int64(0); off < fi.Size(); {
-		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole after off
-		}
-		if err != nil {
-			return "", fmt.Errorf("%s: SEEK_DATA: %w", path, err)
-		}
-		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
-		if err != nil {
-			return "", fmt.Errorf("%s: SEEK_HOLE: %w", path, err)
-		}
-		fmt.Fprintf(h, "data %d %d\n", start, end-start)
-		if _, err := io.Copy(h, io.NewSectionReader(f, start, end-start)); err != nil {
-			return "", fmt.Errorf("%s: %w", path, err)
-		}
-		off = end
+	err = blockdev.DataExtents(f, fi.Size(), func(off, n int64) error {
+		fmt.Fprintf(h, "data %d %d\n", off, n)
+		_, err := io.Copy(h, io.NewSectionReader(f, off, n))
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

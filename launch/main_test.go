@@ -136,8 +136,8 @@ type command struct {
 
 // startCommand starts the cluster command with a one-node cluster without
 // a TPM under TCG, booted cold (these tests watch the boot's steps, which a
-// restore from a cached template skips), plus args, after checking that the host can launch one.
-// The command is killed if the test ends first.
+// restore from a cached template skips), plus args, after checking that
+// the host can launch one. The command is killed if the test ends first.
 func startCommand(t *testing.T, args ...string) *command {
 	t.Helper()
 	needs.Short(t, "launches a cluster")

@@ -40,7 +40,7 @@ func CloneFile(dst, src string, perm os.FileMode) (Method, error) {
 	case errors.Is(err, errors.ErrUnsupported):
 		err = out.Truncate(fi.Size())
 		if err == nil {
-			err = eachExtent(in, fi.Size(), func(off, n int64) error {
+			err = DataExtents(in, fi.Size(), func(off, n int64) error {
 				m, err := copyExtent(out.File, in, off, n)
 				if method == MethodNone {
 					method = m
@@ -78,9 +78,10 @@ func copyExtent(dst, src *os.File, off, n int64) (Method, error) {
 	return MethodReadWrite, nil
 }
 
-// eachExtent calls fn for every data extent of f in [0, size), in order.
-// A file system without SEEK_DATA gives one extent: the whole file.
-func eachExtent(f *os.File, size int64, fn func(off, n int64) error) error {
+// DataExtents calls fn for every data extent of f in [0, size), in order
+// (SEEK_DATA/SEEK_HOLE); holes read as zeros. A file system without
+// SEEK_DATA gives one extent: the whole file.
+func DataExtents(f *os.File, size int64, fn func(off, n int64) error) error {
 	for off := int64(0); off < size; {
 		start, err := seekData(f, off)
 		if errors.Is(err, errNoMoreData) {
