@@ -77,8 +77,8 @@ func init() {
 			example: "ssh -o ProxyCommand='cluster connect dev %h %p' root@node0", nodeArgs: 2, flags: connectCmd},
 		{name: "logs", args: "[NAME] [-o FILE.tar.gz]", summary: "every node's console log and QEMU command line, the switch's log, as a .tar.gz",
 			example: "cluster logs dev -o dev-logs.tar.gz", flags: logsCmd},
-		{name: "snapshot", args: "[NAME] DIR", summary: "freeze a ready cluster into a new snapshot directory; it runs on",
-			example: "cluster snapshot dev ./warm", nodeArgs: 1, flags: snapshotCmd},
+		{name: "snapshot", args: "[NAME] DIR", summary: "freeze a ready cluster booted with up --cold (not restored) into a new snapshot directory; it runs on",
+			example: "cluster up --name dev --cold --detach && cluster snapshot dev ./warm", nodeArgs: 1, flags: snapshotCmd},
 	}
 }
 
